@@ -1,0 +1,424 @@
+"""`CritiqueCollator`: how a CGD record becomes a (context, target) pair, and an on-the-fly collator for raw rows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from transformers.data.data_collator import DataCollatorMixin
+from trl.data_utils import _tokenize, common_prefix_length
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from .formatting import (
+    CHAT_LAYOUTS,
+    DEFAULT_CRITIQUE_TEMPLATE,
+    DEFAULT_INSTRUCTION,
+    DEFAULT_TEMPLATE,
+    LAYOUTS,
+    PLAIN_ANSWER_HEADER,
+    TRUNCATION_POLICIES,
+    check_template,
+    fill_template,
+    record_error,
+    validate_record,
+)
+
+logger = logging.getLogger(__name__)
+
+# Context fields in the order they are shortened when a record is too long: the student's own draft carries the least
+# information the refined answer depends on, the question the most.
+SHORTEN_ORDER = ("initial_response", "critique", "question")
+
+# What `fit` reports for each record.
+KEPT, SHORTENED, DROPPED = "kept", "shortened", "dropped"
+
+
+def _tokenizer_of(processing_class: PreTrainedTokenizerBase | ProcessorMixin) -> PreTrainedTokenizerBase:
+    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+
+
+def has_chat_template(processing_class: PreTrainedTokenizerBase | ProcessorMixin | None) -> bool:
+    """Whether a tokenizer or processor carries a chat template."""
+    if processing_class is None:
+        return False
+    return bool(getattr(processing_class, "chat_template", None) or getattr(_tokenizer_of(processing_class),
+                                                                            "chat_template", None))
+
+
+@dataclass
+class CritiqueCollator(DataCollatorMixin):
+    r"""
+    Turns CGD records `(question, initial answer, critique, refined answer)` into the student's context and target.
+
+    This class is the single place that knows the layouts: [`CGDTrainer`] uses [`~CritiqueCollator.fit`] to convert
+    records into TRL's conversational prompt-completion format before TRL tokenizes, truncates and packs them. Called as
+    a `data_collator`, it also tokenizes raw CGD rows on the fly and returns `input_ids`, `attention_mask` and `labels`,
+    where `labels` is -100 everywhere but on the refined answer and the end-of-turn token that follows it. Rows that
+    are already tokenized (`input_ids`, optional `labels`) are padded as they are.
+
+    On-the-fly use with `CGDTrainer` or `SFTTrainer` needs `dataset_kwargs={"skip_prepare_dataset": True}` and
+    `remove_unused_columns=False`, and gives up what TRL 1.16 does during dataset preparation: packing, padding-free
+    batches (TRL refuses a custom collator with them) and the caching of tokenized data; every epoch re-tokenizes.
+    Truncation still happens here when `max_length` is set. Prefer the default path (no `data_collator`) for training.
+
+    Args:
+        processing_class ([`~transformers.PreTrainedTokenizerBase`] or [`~transformers.ProcessorMixin`], *optional*):
+            Tokenizer used on the fly and for token-aware truncation. Not needed to only format records.
+        layout (`str`, *optional*, defaults to `"auto"`):
+            `"single_turn"`, `"multi_turn"`, `"plain"` or `"auto"` (see [`CGDConfig`]).
+        instruction (`str`, *optional*):
+            Instruction asking for the refined answer; defaults to the library's wording.
+        template (`str`, *optional*):
+            Context text for `single_turn` and `plain`, with `{instruction}`, `{question}`, `{initial_response}` and
+            `{critique}` placeholders.
+        critique_template (`str`, *optional*):
+            Second user turn of `multi_turn`, with `{critique}` and `{instruction}` placeholders.
+        prompt_field, initial_response_field, critique_field, refined_response_field (`str`):
+            Column names of the four parts of a record.
+        max_length (`int`, *optional*):
+            Longest tokenized example; longer records are handled by `truncation`.
+        truncation (`str`, *optional*, defaults to `"context"`):
+            `"context"`, `"drop"` or `"none"` (see [`CGDConfig`]).
+        truncation_marker (`str`, *optional*, defaults to `" [...]"`):
+            Appended to a context field that was shortened.
+        chat_template (`str`, *optional*):
+            Chat template to render with instead of the tokenizer's own.
+        pad_token_id (`int`, *optional*):
+            Padding id; defaults to the tokenizer's pad token, else its eos token.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Flatten the batch into one row with `position_ids`, like TRL's collator.
+        pad_to_multiple_of (`int`, *optional*):
+            Pad each batch to a multiple of this value.
+    """
+
+    processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None
+    layout: str = "auto"
+    instruction: str | None = None
+    template: str | None = None
+    critique_template: str | None = None
+    prompt_field: str = "prompt"
+    initial_response_field: str = "initial_response"
+    critique_field: str = "critique"
+    refined_response_field: str = "refined_response"
+    max_length: int | None = None
+    truncation: str = "context"
+    truncation_marker: str = " [...]"
+    chat_template: str | None = None
+    pad_token_id: int | None = None
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    _resolved_layout: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.layout not in ("auto", *LAYOUTS):
+            raise ValueError(f"`layout` must be one of {['auto', *LAYOUTS]}, got {self.layout!r}.")
+        if self.truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"`truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.truncation!r}.")
+        check_template(self.template, "template", required=("question", "initial_response", "critique"))
+        check_template(self.critique_template, "critique_template", required=("critique",))
+
+    @classmethod
+    def from_config(cls, args: Any, processing_class: PreTrainedTokenizerBase | None = None, **kwargs) -> CritiqueCollator:
+        """
+        Builds a collator from a [`CGDConfig`] (or any `SFTConfig`, whose missing CGD fields take their defaults).
+
+        Args:
+            args: The training configuration.
+            processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*): The tokenizer.
+            **kwargs: Overrides for any other field (e.g. `padding_free`).
+
+        Returns:
+            [`CritiqueCollator`]: The collator.
+        """
+        settings = {
+            "layout": getattr(args, "cgd_layout", "auto"),
+            "instruction": getattr(args, "cgd_instruction", None),
+            "template": getattr(args, "cgd_template", None),
+            "critique_template": getattr(args, "cgd_critique_template", None),
+            "prompt_field": getattr(args, "prompt_field", "prompt"),
+            "initial_response_field": getattr(args, "initial_response_field", "initial_response"),
+            "critique_field": getattr(args, "critique_field", "critique"),
+            "refined_response_field": getattr(args, "refined_response_field", "refined_response"),
+            "max_length": getattr(args, "max_length", None),
+            "truncation": getattr(args, "cgd_truncation", "context"),
+            "truncation_marker": getattr(args, "cgd_truncation_marker", " [...]"),
+            "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
+        }
+        settings.update(kwargs)
+        return cls(processing_class=processing_class, **settings)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Column name of each part of a record."""
+        return {
+            "prompt": self.prompt_field,
+            "initial_response": self.initial_response_field,
+            "critique": self.critique_field,
+            "refined_response": self.refined_response_field,
+        }
+
+    def is_cgd(self, column_names: list[str]) -> bool:
+        """
+        Whether a dataset with these columns holds raw CGD records (and not data TRL already understands).
+
+        Data with `completion`, `messages`, `text`, `conversations` or `input_ids` columns is TRL data and passes
+        through. Otherwise any of the initial-answer, critique or refined-answer columns marks the dataset as CGD, so
+        that a record missing one of the others is reported instead of being trained as something else.
+        """
+        if {"completion", "messages", "text", "conversations", "input_ids"} & set(column_names):
+            return False
+        return any(
+            column in column_names
+            for column in (self.initial_response_field, self.critique_field, self.refined_response_field)
+        )
+
+    def resolve_layout(self, processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None) -> str:
+        """
+        Picks the layout: the configured one, or for `"auto"` `single_turn` with a chat template and `plain` without.
+
+        Args:
+            processing_class (*optional*): The tokenizer to inspect; defaults to the collator's.
+
+        Returns:
+            `str`: The layout.
+
+        Raises:
+            `ValueError`: when a chat layout is asked for and the tokenizer has no chat template.
+        """
+        processing_class = processing_class if processing_class is not None else self.processing_class
+        templated = self.chat_template is not None or has_chat_template(processing_class)
+        if self.layout in CHAT_LAYOUTS:
+            if processing_class is not None and not templated:
+                raise ValueError(
+                    f"The CGD layout {self.layout!r} renders records as chat messages, but the tokenizer has no chat "
+                    "template. Set `chat_template_path` in the config (a .jinja file or a model id), give the "
+                    "tokenizer a `chat_template`, or use `cgd_layout='plain'` for a base model."
+                )
+            return self.layout
+        if self.layout == "plain":
+            return "plain"
+        layout = "single_turn" if templated else "plain"
+        if self._resolved_layout != layout:
+            if layout == "plain":
+                logger.warning(
+                    "CGD layout: 'plain' (the tokenizer has no chat template, so records are rendered as plain text "
+                    "for a base model). Set `chat_template_path` or `cgd_layout` to choose otherwise."
+                )
+            else:
+                logger.info("CGD layout: 'single_turn' (the tokenizer has a chat template).")
+            self._resolved_layout = layout
+        return layout
+
+    def format(self, example: Mapping[str, Any], layout: str, index: int | None = None, dataset_name: str = "train"):
+        """
+        Validates a record and renders it in a layout, without truncation.
+
+        Args:
+            example (`Mapping[str, Any]`): The raw record.
+            layout (`str`): `single_turn`, `multi_turn` or `plain`.
+            index (`int`, *optional*): Position of the record, for error messages.
+            dataset_name (`str`, *optional*): Name of the dataset, for error messages.
+
+        Returns:
+            `dict`: `{"prompt", "completion"}`, as chat messages for the chat layouts and as strings for `plain`.
+        """
+        validate_record(example, index, dataset_name, self.fields)
+        parts = self._parts(example)
+        return self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
+
+    def fit(
+        self,
+        example: Mapping[str, Any],
+        layout: str,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        index: int | None = None,
+        dataset_name: str = "train",
+        chat_template: str | None = None,
+    ) -> tuple[dict[str, Any] | None, str]:
+        """
+        Validates and renders a record so that it fits `max_length` without losing any of the refined answer.
+
+        When the rendered example is too long, the initial answer is shortened first, then the critique, then the
+        question (the last user message for chat prompts), each by as many tokens as needed, keeping its beginning and
+        appending `truncation_marker`. When even the refined answer with an empty context does not fit, the record is
+        dropped.
+
+        Args:
+            example (`Mapping[str, Any]`): The raw record.
+            layout (`str`): `single_turn`, `multi_turn` or `plain`.
+            processing_class (*optional*): Tokenizer used to measure lengths; defaults to the collator's.
+            index (`int`, *optional*): Position of the record, for error messages.
+            dataset_name (`str`, *optional*): Name of the dataset, for error messages.
+            chat_template (`str`, *optional*): Template to render with instead of the tokenizer's.
+
+        Returns:
+            `tuple`: the `{"prompt", "completion"}` example (or `None` when dropped) and `"kept"`, `"shortened"` or
+            `"dropped"`.
+        """
+        formatted = self.format(example, layout, index, dataset_name)
+        processing_class = processing_class if processing_class is not None else self.processing_class
+        if self.max_length is None or self.truncation == "none":
+            return formatted, KEPT
+        if processing_class is None:
+            raise ValueError("`CritiqueCollator.fit` needs a tokenizer to measure lengths when `max_length` is set.")
+        template_kwargs = self._template_kwargs(example, chat_template)
+        length = len(self.token_ids(formatted, processing_class, template_kwargs)[1])
+        if length <= self.max_length:
+            return formatted, KEPT
+        if self.truncation == "drop":
+            return None, DROPPED
+
+        tokenizer = _tokenizer_of(processing_class)
+        refined = example[self.refined_response_field]
+        parts = self._parts(example)
+        for key in SHORTEN_ORDER:
+            ids = tokenizer(parts[key], add_special_tokens=False)["input_ids"]
+            kept = len(ids)
+            while length > self.max_length and kept > 0:
+                kept = max(0, kept - (length - self.max_length))
+                parts[key] = tokenizer.decode(ids[:kept]) + self.truncation_marker
+                formatted = self._render(parts, refined, layout, index, dataset_name)
+                length = len(self.token_ids(formatted, processing_class, template_kwargs)[1])
+            if length <= self.max_length:
+                return formatted, SHORTENED
+        return None, DROPPED
+
+    def token_ids(
+        self,
+        formatted: Mapping[str, Any],
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """
+        Tokenizes a formatted example exactly as TRL's `SFTTrainer` does.
+
+        Args:
+            formatted (`Mapping[str, Any]`): A `{"prompt", "completion"}` example.
+            processing_class: The tokenizer or processor.
+            template_kwargs (`Mapping[str, Any]`, *optional*): Extra `apply_chat_template` arguments.
+
+        Returns:
+            `tuple[list[int], list[int]]`: the ids of the prompt alone and of the prompt followed by the completion.
+        """
+        template_kwargs = dict(template_kwargs or {})
+        prompt, completion = formatted["prompt"], formatted["completion"]
+        if isinstance(prompt, list):
+            prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)
+            full_ids = _tokenize(processing_class, prompt + completion, **template_kwargs)
+        else:
+            # TRL appends the eos token to plain-text completions that lack it
+            eos = _tokenizer_of(processing_class).eos_token
+            if eos and not completion.endswith(eos):
+                completion = completion + eos
+            prompt_ids = _tokenize(processing_class, prompt)
+            full_ids = _tokenize(processing_class, prompt + completion)
+        return list(prompt_ids["input_ids"]), list(full_ids["input_ids"])
+
+    def encode(self, example: Mapping[str, Any], index: int | None = None, dataset_name: str = "batch"):
+        """
+        Tokenizes one raw CGD record with its labels, for on-the-fly collation.
+
+        Args:
+            example (`Mapping[str, Any]`): A raw CGD record, or an already tokenized row (returned as is).
+            index (`int`, *optional*): Position of the record, for error messages.
+            dataset_name (`str`, *optional*): Name of the data, for error messages.
+
+        Returns:
+            `dict` or `None`: `{"input_ids", "labels"}` with -100 on the context, or `None` when the record was dropped.
+        """
+        if "input_ids" in example:
+            return {key: example[key] for key in ("input_ids", "labels", "seq_lengths") if key in example}
+        if self.processing_class is None:
+            raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize raw CGD rows.")
+        layout = self.resolve_layout()
+        formatted, _ = self.fit(example, layout, index=index, dataset_name=dataset_name, chat_template=self.chat_template)
+        if formatted is None:
+            return None
+        prompt_ids, full_ids = self.token_ids(formatted, self.processing_class, self._template_kwargs(example))
+        start = common_prefix_length(prompt_ids, full_ids)
+        return {"input_ids": full_ids, "labels": [-100] * start + full_ids[start:]}
+
+    def torch_call(self, examples: list[Mapping[str, Any]]) -> dict[str, Any]:
+        rows = [self.encode(example, index) for index, example in enumerate(examples)]
+        dropped = sum(row is None for row in rows)
+        rows = [row for row in rows if row is not None]
+        if dropped:
+            logger.warning(
+                f"CritiqueCollator dropped {dropped} of {len(examples)} records in this batch: their refined answer "
+                f"alone does not fit max_length={self.max_length}."
+            )
+        if not rows:
+            raise ValueError(
+                f"Every record of this batch was dropped: no refined answer fits max_length={self.max_length}. "
+                "Raise `max_length` or filter the data."
+            )
+        pad_token_id = self.pad_token_id
+        if pad_token_id is None:
+            if self.processing_class is None:
+                raise ValueError("`CritiqueCollator` needs a `pad_token_id` or a `processing_class`.")
+            tokenizer = _tokenizer_of(self.processing_class)
+            pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        padder = DataCollatorForLanguageModeling(
+            pad_token_id=pad_token_id,
+            padding_free=self.padding_free,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors=self.return_tensors,
+        )
+        return padder.torch_call(rows)
+
+    def _template_kwargs(self, example: Mapping[str, Any], chat_template: str | None = None) -> dict[str, Any]:
+        # Mirrors the per-row arguments TRL passes to apply_chat_template, so lengths match what TRL tokenizes.
+        kwargs = {"chat_template": chat_template if chat_template is not None else self.chat_template}
+        if example.get("tools") is not None:
+            kwargs["tools"] = example["tools"]
+        kwargs.update(example.get("chat_template_kwargs") or {})
+        return kwargs
+
+    def _parts(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        prompt = example[self.prompt_field]
+        question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        history = [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]] if isinstance(prompt, list) else []
+        return {
+            "history": history,
+            "question": question,
+            "initial_response": example[self.initial_response_field],
+            "critique": example[self.critique_field],
+        }
+
+    def _render(self, parts: Mapping[str, Any], refined: str, layout: str, index: int | None, dataset_name: str):
+        instruction = self.instruction if self.instruction is not None else DEFAULT_INSTRUCTION
+        history = list(parts["history"])
+        if layout == "multi_turn":
+            follow_up = fill_template(
+                self.critique_template or DEFAULT_CRITIQUE_TEMPLATE, critique=parts["critique"], instruction=instruction
+            )
+            prompt = history + [
+                {"role": "user", "content": parts["question"]},
+                {"role": "assistant", "content": parts["initial_response"]},
+                {"role": "user", "content": follow_up},
+            ]
+            return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}
+        context = fill_template(
+            self.template or DEFAULT_TEMPLATE,
+            instruction=instruction,
+            question=parts["question"],
+            initial_response=parts["initial_response"],
+            critique=parts["critique"],
+        )
+        if layout == "single_turn":
+            prompt = history + [{"role": "user", "content": context}]
+            return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}
+        if layout != "plain":
+            raise ValueError(f"Unknown CGD layout {layout!r}; expected one of {LAYOUTS}.")
+        if any(message["role"] != "system" for message in history):
+            raise record_error(
+                index, dataset_name, self.prompt_field,
+                "the plain layout accepts only system messages before the question, got a multi-turn conversation",
+                "Use a chat layout (set a chat template) or give the prompt as a string.",
+            )
+        system = "".join(message["content"] + "\n\n" for message in history)
+        return {"prompt": system + context + PLAIN_ANSWER_HEADER, "completion": refined}

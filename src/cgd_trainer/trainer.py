@@ -1,0 +1,270 @@
+"""`CGDTrainer`: TRL's `SFTTrainer` for Critique-Guided Distillation records."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import EvalPrediction
+from trl import SFTConfig, SFTTrainer
+from trl.data_utils import get_dataset_column_names
+from trl.trainer.utils import global_then_local_main_first
+
+from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator
+
+logger = logging.getLogger(__name__)
+
+_STATUS = "__cgd_status__"
+
+
+class CGDTrainer(SFTTrainer):
+    r"""
+    Trainer for Critique-Guided Distillation ([arXiv 2505.11628](https://huggingface.co/papers/2505.11628)).
+
+    A drop-in [`~trl.SFTTrainer`] with the same signature. Raw CGD records (columns `prompt`, `initial_response`,
+    `critique`, `refined_response`; names set in [`CGDConfig`]) are rendered by [`CritiqueCollator`] into TRL's
+    prompt-completion format, with the question, initial answer and critique as the context and the refined answer as
+    the completion, so that TRL's own tokenization, loss masking, packing, padding-free batching and fused LM-head loss
+    train on the refined answer only. Records longer than `max_length` have their context shortened instead of their
+    refined answer (see `cgd_truncation`). Prompt-completion, conversational or plain-text SFT data passes through
+    untouched.
+
+    Counts of kept, shortened and dropped records per dataset are logged and kept in `trainer.cgd_stats`.
+    All arguments are those of [`~trl.SFTTrainer`]; `args` may be a [`CGDConfig`] or a plain `SFTConfig`.
+    """
+
+    _tag_names = ["trl", "sft", "cgd"]
+    _name = "CGD"
+    _paper = {
+        "title": "Critique-Guided Distillation for Robust Reasoning via Refinement",
+        "id": "2505.11628",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{kapusuzoglu2026critique,
+                title        = {{Critique-Guided Distillation for Robust Reasoning via Refinement}},
+                author       = {Berkcan Kapusuzoglu and others},
+                year         = 2026,
+                booktitle    = {International Conference on Machine Learning (ICML)},
+                eprint       = {arXiv:2505.11628},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: Any,
+        args: SFTConfig | TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        formatting_func: Callable[[dict], str] | None = None,
+    ):
+        if args is None:
+            from .config import CGDConfig
+
+            model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = CGDConfig(f"{str(model_name).split('/')[-1]}-CGD")
+        self.cgd_collator = CritiqueCollator.from_config(args)
+        self.cgd_stats: dict[str, dict[str, int]] = {}
+        self._cgd_pending: list[tuple[Any, Any]] = []
+
+        skip_prepare = bool(args.dataset_kwargs and args.dataset_kwargs.get("skip_prepare_dataset", False))
+        datasets = {"train": train_dataset}
+        if isinstance(eval_dataset, dict):
+            datasets.update(eval_dataset)
+        elif eval_dataset is not None:
+            datasets["eval"] = eval_dataset
+        cgd_names = [name for name, dataset in datasets.items() if dataset is not None and self._is_cgd(dataset)]
+        for name in cgd_names:
+            _check_not_empty(datasets[name], name)
+        if cgd_names and formatting_func is not None:
+            raise ValueError(
+                "`formatting_func` turns the data into plain language-modeling text, which would train on the "
+                "critique and the initial answer too. CGD records are formatted by the trainer: remove "
+                "`formatting_func` and use `cgd_template`/`cgd_instruction` in CGDConfig to change the wording."
+            )
+        if skip_prepare and isinstance(data_collator, CritiqueCollator) and args.remove_unused_columns:
+            raise ValueError(
+                "`CritiqueCollator` tokenizes raw CGD rows on the fly, so the trainer must keep their columns: set "
+                "`remove_unused_columns=False` (with `dataset_kwargs={'skip_prepare_dataset': True}`)."
+            )
+        if skip_prepare and cgd_names and not isinstance(data_collator, CritiqueCollator):
+            raise ValueError(
+                "`skip_prepare_dataset=True` leaves raw CGD records untokenized. Pass `data_collator=CritiqueCollator("
+                "tokenizer, ...)` to tokenize them on the fly, or drop `skip_prepare_dataset`."
+            )
+        if "train" in cgd_names and not skip_prepare:
+            # SFTTrainer decides the loss mask from the first training example before it prepares any data, so it must
+            # see the prompt-completion shape. It gets a one-row stand-in; `_prepare_dataset` swaps the real data back.
+            stand_in = self._stand_in(train_dataset, processing_class, args)
+            self._cgd_pending.append((stand_in, train_dataset))
+            train_dataset = stand_in
+
+        super().__init__(
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        self._cgd_pending.clear()
+        if isinstance(data_collator, CritiqueCollator) and data_collator.processing_class is None:
+            data_collator.processing_class = self.processing_class
+
+    def _is_cgd(self, dataset: Dataset | IterableDataset) -> bool:
+        return self.cgd_collator.is_cgd(get_dataset_column_names(dataset))
+
+    def _stand_in(self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any):
+        # Render the first record in the layout it will get, so that SFTTrainer's checks (completion-only loss,
+        # assistant-only loss on conversational data) see the right shape. When the tokenizer is not known yet
+        # (`model` given as a name), assume a chat layout; `_prepare_dataset` checks the real one.
+        layout = self.cgd_collator.layout
+        if layout == "auto":
+            layout = "plain" if processing_class is not None and not self._templated(processing_class, args) else (
+                "single_turn"
+            )
+        first = dataset.take(1) if isinstance(dataset, IterableDataset) else dataset.select([0])
+        columns = list(self.cgd_collator.fields.values())
+        return first.map(
+            _format_row,
+            fn_kwargs={"collator": self.cgd_collator, "layout": layout},
+            remove_columns=[c for c in columns if c != self.cgd_collator.prompt_field],
+        )
+
+    @staticmethod
+    def _templated(processing_class: Any, args: Any) -> bool:
+        from .collator import has_chat_template
+
+        return args.chat_template_path is not None or has_chat_template(processing_class)
+
+    def _prepare_dataset(
+        self,
+        dataset: Dataset | IterableDataset,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin,
+        args: SFTConfig,
+        packing: bool,
+        formatting_func: Callable[[dict], str] | None,
+        dataset_name: str,
+    ) -> Dataset | IterableDataset:
+        for stand_in, raw in self._cgd_pending:
+            if dataset is stand_in:
+                dataset = raw
+        if self._is_cgd(dataset):
+            dataset = self._convert(dataset, processing_class, args, dataset_name)
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _convert(
+        self,
+        dataset: Dataset | IterableDataset,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin,
+        args: SFTConfig,
+        dataset_name: str,
+    ) -> Dataset | IterableDataset:
+        """Validates raw CGD records, renders them as prompt-completion examples and fits them into `max_length`."""
+        _check_not_empty(dataset, dataset_name)
+        collator = self.cgd_collator
+        layout = collator.resolve_layout(processing_class)
+        if args.assistant_only_loss and layout == "plain":
+            raise ValueError(
+                "`assistant_only_loss=True` needs a chat layout, but the CGD layout is 'plain' (no chat template). "
+                "Set a chat template or turn `assistant_only_loss` off; the refined answer is the only trained part "
+                "either way."
+            )
+        fn_kwargs = {
+            "layout": layout,
+            "processing_class": processing_class,
+            "dataset_name": dataset_name,
+            "chat_template": getattr(self, "chat_template", None),
+        }
+        columns = get_dataset_column_names(dataset)
+        remove = [c for c in collator.fields.values() if c in columns and c != collator.prompt_field]
+        with global_then_local_main_first():
+            if isinstance(dataset, Dataset):
+                converted = dataset.map(
+                    _fit_row,
+                    fn_kwargs={"collator": collator, **fn_kwargs},
+                    with_indices=True,
+                    remove_columns=remove,
+                    num_proc=args.dataset_num_proc,
+                    desc=f"Rendering CGD records of the {dataset_name} dataset",
+                )
+                counts = Counter(converted[_STATUS])
+                self._report(dataset_name, counts, len(dataset))
+                if counts[DROPPED]:
+                    converted = converted.filter(
+                        lambda status: status != DROPPED, input_columns=[_STATUS], num_proc=args.dataset_num_proc
+                    )
+                if len(converted) == 0:
+                    raise ValueError(
+                        f"Every record of the {dataset_name} dataset was dropped: no refined answer fits "
+                        f"max_length={args.max_length}. Raise `max_length` or check the data."
+                    )
+                return converted.remove_columns(_STATUS)
+            # Streaming data is converted lazily, so counts grow as training reads it.
+            stats = self.cgd_stats.setdefault(dataset_name, {KEPT: 0, SHORTENED: 0, DROPPED: 0})
+            converted = dataset.map(
+                _fit_row,
+                fn_kwargs={"collator": collator, "stats": stats, **fn_kwargs},
+                with_indices=True,
+                remove_columns=remove,
+            )
+            return converted.filter(lambda status: status != DROPPED, input_columns=[_STATUS]).remove_columns(_STATUS)
+
+    def _report(self, dataset_name: str, counts: Counter, total: int) -> None:
+        self.cgd_stats[dataset_name] = {KEPT: counts[KEPT], SHORTENED: counts[SHORTENED], DROPPED: counts[DROPPED]}
+        message = (
+            f"CGD {dataset_name} dataset: {total} records, {counts[SHORTENED]} shortened to fit max_length, "
+            f"{counts[DROPPED]} dropped because the refined answer alone does not fit."
+        )
+        if counts[SHORTENED] or counts[DROPPED]:
+            logger.warning(message)
+        else:
+            logger.info(message)
+
+
+def _format_row(example, collator, layout):
+    return collator.format(example, layout, index=0, dataset_name="train")
+
+
+def _fit_row(example, index, collator, layout, processing_class, dataset_name, chat_template, stats=None):
+    formatted, status = collator.fit(
+        example, layout, processing_class, index=index, dataset_name=dataset_name, chat_template=chat_template
+    )
+    if stats is not None:
+        stats[status] += 1
+        if status != KEPT:
+            logger.warning(f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length.")
+    if formatted is None:
+        # Keep the columns' types stable; the row is filtered out right after.
+        formatted = collator.format(example, layout, index, dataset_name)
+    return {**formatted, _STATUS: status}
+
+
+def _check_not_empty(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
+    empty = len(dataset) == 0 if isinstance(dataset, Dataset) else next(iter(dataset), None) is None
+    if empty:
+        raise ValueError(f"The {dataset_name} dataset is empty: CGD training needs at least one record.")

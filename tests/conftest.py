@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from helpers import build_model, build_tokenizer, make_records  # noqa: E402
+
+FAMILIES = ("chatml", "llama3", "plain")
+
+
+@pytest.fixture(scope="session")
+def tokenizers():
+    return {family: build_tokenizer(family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def records():
+    return make_records(24)
+
+
+@pytest.fixture
+def dataset(records):
+    return Dataset.from_list(records)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tokenizers):
+    """Each family's tiny model and tokenizer saved to a folder, for tests that load by path."""
+    dirs = {}
+    for family, tokenizer in tokenizers.items():
+        path = tmp_path_factory.mktemp(f"tiny-{family}")
+        build_model(tokenizer, family).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[family] = str(path)
+    return dirs
