@@ -147,13 +147,19 @@ class CGDTrainer(SFTTrainer):
             layout = "plain" if processing_class is not None and not self._templated(processing_class, args) else (
                 "single_turn"
             )
+        _check_layout(layout, args)
         first = dataset.take(1) if isinstance(dataset, IterableDataset) else dataset.select([0])
-        columns = list(self.cgd_collator.fields.values())
         return first.map(
             _format_row,
             fn_kwargs={"collator": self.cgd_collator, "layout": layout},
-            remove_columns=[c for c in columns if c != self.cgd_collator.prompt_field],
+            remove_columns=self._columns_to_remove(dataset),
         )
+
+    def _columns_to_remove(self, dataset: Dataset | IterableDataset) -> list[str]:
+        # The rendered `prompt` replaces the question column; the other three parts go away.
+        columns = get_dataset_column_names(dataset)
+        fields = self.cgd_collator.fields
+        return [column for role, column in fields.items() if role != "prompt" and column in columns]
 
     @staticmethod
     def _templated(processing_class: Any, args: Any) -> bool:
@@ -188,20 +194,14 @@ class CGDTrainer(SFTTrainer):
         _check_not_empty(dataset, dataset_name)
         collator = self.cgd_collator
         layout = collator.resolve_layout(processing_class)
-        if args.assistant_only_loss and layout == "plain":
-            raise ValueError(
-                "`assistant_only_loss=True` needs a chat layout, but the CGD layout is 'plain' (no chat template). "
-                "Set a chat template or turn `assistant_only_loss` off; the refined answer is the only trained part "
-                "either way."
-            )
+        _check_layout(layout, args)
         fn_kwargs = {
             "layout": layout,
             "processing_class": processing_class,
             "dataset_name": dataset_name,
             "chat_template": getattr(self, "chat_template", None),
         }
-        columns = get_dataset_column_names(dataset)
-        remove = [c for c in collator.fields.values() if c in columns and c != collator.prompt_field]
+        remove = self._columns_to_remove(dataset)
         with global_then_local_main_first():
             if isinstance(dataset, Dataset):
                 converted = dataset.map(
@@ -262,6 +262,15 @@ def _fit_row(example, index, collator, layout, processing_class, dataset_name, c
         # Keep the columns' types stable; the row is filtered out right after.
         formatted = collator.format(example, layout, index, dataset_name)
     return {**formatted, _STATUS: status}
+
+
+def _check_layout(layout: str, args: Any) -> None:
+    if getattr(args, "assistant_only_loss", False) and layout == "plain":
+        raise ValueError(
+            "`assistant_only_loss=True` needs a chat layout, but the CGD layout is 'plain' (no chat template). "
+            "Set a chat template or turn `assistant_only_loss` off; the refined answer is the only trained part "
+            "either way."
+        )
 
 
 def _check_not_empty(dataset: Dataset | IterableDataset, dataset_name: str) -> None:
