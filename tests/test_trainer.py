@@ -1,0 +1,176 @@
+"""Layouts, templates, pass-through of TRL data, parity with SFTTrainer, the model card."""
+
+import inspect
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+from helpers import build_model, check_dataloader, make_config, make_records
+from trl import SFTConfig, SFTTrainer
+
+from cgd_trainer import DEFAULT_INSTRUCTION, CGDConfig, CGDTrainer, CritiqueCollator
+
+
+def test_single_turn_layout_renders_the_papers_sections():
+    record = make_records(1)[0]
+    formatted = CritiqueCollator().format(record, "single_turn")
+    assert formatted["completion"] == [{"role": "assistant", "content": record["refined_response"]}]
+    (user,) = formatted["prompt"]
+    assert user["role"] == "user"
+    text = user["content"]
+    # Instruction first, then the three labelled sections in the paper's order.
+    positions = [text.index(part) for part in (DEFAULT_INSTRUCTION, "### Question\n" + record["prompt"],
+                                               "### Student's initial answer\n" + record["initial_response"],
+                                               "### Teacher's critique\n" + record["critique"])]
+    assert positions == sorted(positions) and positions[0] == 0
+    assert record["refined_response"] not in text
+
+
+def test_multi_turn_layout():
+    record = make_records(1)[0]
+    formatted = CritiqueCollator(instruction="Now write it again, correctly.").format(record, "multi_turn")
+    assert [m["role"] for m in formatted["prompt"]] == ["user", "assistant", "user"]
+    assert formatted["prompt"][0]["content"] == record["prompt"]
+    assert formatted["prompt"][1]["content"] == record["initial_response"]
+    assert record["critique"] in formatted["prompt"][2]["content"]
+    assert formatted["prompt"][2]["content"].endswith("Now write it again, correctly.")
+    assert formatted["completion"] == [{"role": "assistant", "content": record["refined_response"]}]
+
+
+def test_plain_layout_with_system_message():
+    record = {**make_records(1)[0]}
+    record["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": record["prompt"]}]
+    formatted = CritiqueCollator().format(record, "plain")
+    assert formatted["prompt"].startswith("Be brief.\n\n" + DEFAULT_INSTRUCTION)
+    assert formatted["prompt"].endswith("\n\n### Improved answer\n")
+    assert formatted["completion"] == record["refined_response"]
+
+
+def test_custom_template_keeps_braces_and_ignores_placeholders_in_values():
+    template = "Q: {question}\nDraft: {initial_response}\nReview: {critique}\nAnswer in \\boxed{}. {instruction}"
+    record = {**make_records(1)[0], "critique": "Wrong; see {question} above.\nConclusion: wrong"}
+    collator = CritiqueCollator(template=template, instruction="Go.")
+    text = collator.format(record, "single_turn")["prompt"][0]["content"]
+    assert text == (f"Q: {record['prompt']}\nDraft: {record['initial_response']}\nReview: {record['critique']}\n"
+                    "Answer in \\boxed{}. Go.")
+
+
+def test_config_fields_reach_the_trainer(tmp_path, tokenizers, records, dataset):
+    trainer = CGDTrainer(
+        model=build_model(tokenizers["chatml"], "chatml"),
+        args=make_config(tmp_path, cgd_layout="multi_turn", cgd_instruction="Please fix it.",
+                         cgd_critique_template="Feedback: {critique}\n{instruction}"),
+        train_dataset=dataset,
+        processing_class=tokenizers["chatml"],
+    )
+    text = tokenizers["chatml"].decode(trainer.train_dataset[0]["input_ids"])
+    assert f"Feedback: {records[0]['critique']}\nPlease fix it.<|im_end|>" in text
+    assert check_dataloader(trainer, records, "chatml") == set(range(len(records)))
+
+
+@pytest.mark.parametrize("family, expected", [("chatml", "single_turn"), ("plain", "plain")])
+def test_auto_layout_is_logged(tmp_path, tokenizers, dataset, family, expected, caplog):
+    with caplog.at_level(logging.INFO, logger="cgd_trainer"):
+        CGDTrainer(model=build_model(tokenizers[family], family), args=make_config(tmp_path), train_dataset=dataset,
+                   processing_class=tokenizers[family])
+    assert f"CGD layout: '{expected}'" in caplog.text
+
+
+def test_plain_sft_config_works(tmp_path, tokenizers, records, dataset):
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, max_steps=1, report_to="none",
+                     per_device_train_batch_size=4, save_strategy="no", max_length=512)
+    trainer = CGDTrainer(model=build_model(tokenizers["llama3"], "llama3"), args=args, train_dataset=dataset,
+                         processing_class=tokenizers["llama3"])
+    assert type(trainer.args) is SFTConfig
+    assert check_dataloader(trainer, records, "llama3") == set(range(len(records)))
+    trainer.train()
+
+
+def test_same_signature_and_loss_code_as_sft_trainer():
+    ours = list(inspect.signature(CGDTrainer.__init__).parameters.items())
+    theirs = list(inspect.signature(SFTTrainer.__init__).parameters.items())
+    assert [(n, p.kind, p.default) for n, p in ours] == [(n, p.kind, p.default) for n, p in theirs]
+    # The fused LM-head loss and the training step are TRL's own.
+    for name in ("compute_loss", "training_step", "prediction_step", "evaluate"):
+        assert getattr(CGDTrainer, name) is getattr(SFTTrainer, name)
+
+
+def _losses(trainer):
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_identical_losses_to_sft_trainer_on_converted_data(tmp_path, tokenizers, dataset):
+    tokenizer = tokenizers["chatml"]
+    cgd = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path, max_steps=4),
+                     train_dataset=dataset, processing_class=tokenizer)
+    collator = CritiqueCollator(tokenizer)
+    converted = dataset.map(lambda r: collator.format(r, "single_turn"),
+                            remove_columns=["initial_response", "critique", "refined_response"])
+    sft = SFTTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path, max_steps=4),
+                     train_dataset=converted, processing_class=tokenizer)
+    assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
+    assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
+    assert _losses(cgd) == _losses(sft)
+
+
+@pytest.mark.parametrize("kind", ["prompt_completion", "messages", "text"])
+def test_trl_data_passes_through(tmp_path, tokenizers, records, kind):
+    tokenizer = tokenizers["chatml"]
+    if kind == "prompt_completion":
+        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                 "completion": [{"role": "assistant", "content": r["refined_response"]}]} for r in records]
+    elif kind == "messages":
+        rows = [{"messages": [{"role": "user", "content": r["prompt"]},
+                              {"role": "assistant", "content": r["refined_response"]}]} for r in records]
+    else:
+        rows = [{"text": r["prompt"] + "\n" + r["refined_response"]} for r in records]
+    data = Dataset.from_list(rows)
+    cgd = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=data,
+                     processing_class=tokenizer)
+    sft = SFTTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=data,
+                     processing_class=tokenizer)
+    assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
+    assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
+    assert cgd.cgd_stats == {}
+
+
+def test_model_card_names_cgd_and_the_paper(tmp_path, tokenizers, dataset):
+    # TRL writes the card into output_dir with every checkpoint.
+    trainer = CGDTrainer(model=build_model(tokenizers["chatml"], "chatml"),
+                         args=make_config(tmp_path, max_steps=1, save_strategy="steps", save_steps=1),
+                         train_dataset=dataset, processing_class=tokenizers["chatml"])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "CGD" in card
+    assert "2505.11628" in card
+    assert "Critique-Guided Distillation" in card
+    assert "- cgd" in card  # tag in the YAML header
+    assert (tmp_path / "saved" / "model.safetensors").exists()
+
+
+def test_default_args_are_a_cgd_config(tokenizers, dataset, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    # TRL's defaults ask for bf16, which a CPU cannot do; the error shows a CGDConfig was built.
+    with pytest.raises(ValueError, match="bf16"):
+        CGDTrainer(model=build_model(tokenizers["chatml"], "chatml"), train_dataset=dataset,
+                   processing_class=tokenizers["chatml"])
+    assert CGDConfig.__mro__[1] is SFTConfig
+
+
+def test_loss_only_on_refined_tokens_numerically(tmp_path, tokenizers, dataset):
+    # The loss equals a direct cross-entropy over the refined-answer positions only.
+    tokenizer = tokenizers["chatml"]
+    trainer = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=dataset,
+                         processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    direct = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                               ignore_index=-100)
+    assert loss == pytest.approx(direct.item(), rel=1e-4)
