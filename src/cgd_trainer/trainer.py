@@ -48,7 +48,7 @@ class CGDTrainer(SFTTrainer):
         "citation": textwrap.dedent("""\
             @inproceedings{kapusuzoglu2026critique,
                 title        = {{Critique-Guided Distillation for Robust Reasoning via Refinement}},
-                author       = {Berkcan Kapusuzoglu and others},
+                author       = {Kapusuzoglu and others},
                 year         = 2026,
                 booktitle    = {International Conference on Machine Learning (ICML)},
                 eprint       = {arXiv:2505.11628},
