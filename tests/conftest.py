@@ -7,6 +7,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import pytest  # noqa: E402
 from datasets import Dataset  # noqa: E402
+
 from helpers import build_model, build_tokenizer, make_records  # noqa: E402
 
 FAMILIES = ("chatml", "llama3", "plain")

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from cgd_trainer import CGDConfig
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from cgd_trainer import CGDConfig
 
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -64,7 +65,9 @@ def make_records(n: int = 24, seed: int = 0, long_every: int = 0, filler: int = 
         given = right if correct else wrong
         initial = f"Adding {a} and {b}: the units give {a % 10 + b % 10}, so the sum is {given}. Answer: {given}"
         if correct:
-            critique = f"The student added the units and the tens correctly and {a} + {b} = {right}.\nConclusion: right"
+            critique = (
+                f"The student added the units and the tens correctly and {a} + {b} = {right}.\nConclusion: right"
+            )
         else:
             critique = (
                 f"The student made a carrying mistake: {a} + {b} is {right}, not {wrong}. The tens were "
@@ -94,7 +97,12 @@ def _corpus() -> list[str]:
     texts = []
     for record in make_records(200, seed=123, long_every=5):
         texts.extend(record[key] for key in ("prompt", "initial_response", "critique", "refined_response"))
-    from cgd_trainer.formatting import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PLAIN_ANSWER_HEADER
+    from cgd_trainer.formatting import (
+        DEFAULT_CRITIQUE_TEMPLATE,
+        DEFAULT_INSTRUCTION,
+        DEFAULT_TEMPLATE,
+        PLAIN_ANSWER_HEADER,
+    )
 
     texts += [DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, DEFAULT_CRITIQUE_TEMPLATE, PLAIN_ANSWER_HEADER]
     texts += ["system user assistant You are a careful maths tutor.", "[...]"]
@@ -124,15 +132,18 @@ def build_tokenizer(family: str, vocab_size: int = 700) -> PreTrainedTokenizerFa
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
         )
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                            pad_token="<pad>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        )
     elif family == "chatml":
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                            pad_token="<|endoftext|>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        )
         tokenizer.chat_template = CHATML_TEMPLATE
     else:
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
-                                            eos_token="<|eot_id|>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"
+        )
         tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
 

@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pytest
 import trl
+
 from helpers import make_records
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -45,8 +51,9 @@ def test_trl_sft_script_with_cgd_trainer(tmp_path, tiny_dirs):
         "bf16: false\nuse_cpu: true\nmax_steps: 2\nper_device_train_batch_size: 4\nlogging_steps: 1\n"
         "save_strategy: steps\nsave_steps: 2\nreport_to: none\nmax_length: 512\ngradient_checkpointing: false\n"
     )
-    run = subprocess.run([sys.executable, str(script), "--config", str(config)], capture_output=True, text=True,
-                         env=_env(), timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(script), "--config", str(config)], capture_output=True, text=True, env=_env(), timeout=600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Training completed" in run.stdout + run.stderr
     assert (output / "model.safetensors").exists()
@@ -57,11 +64,28 @@ def test_trl_sft_script_with_cgd_trainer(tmp_path, tiny_dirs):
 
 def _train(tmp_path, model_dir, data, name, nproc, batch, packing=False):
     output = tmp_path / name
-    command = [str(SCRIPTS / "train_tiny.py"), "--model", model_dir, "--data", data, "--output", str(output),
-               "--batch", str(batch)] + (["--packing"] if packing else [])
+    command = [
+        str(SCRIPTS / "train_tiny.py"),
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--output",
+        str(output),
+        "--batch",
+        str(batch),
+    ] + (["--packing"] if packing else [])
     if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_port", "29517", *command]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            "29517",
+            *command,
+        ]
     else:
         command = [sys.executable, *command]
     run = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)

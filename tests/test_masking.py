@@ -3,6 +3,10 @@
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
+from peft import LoraConfig
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from cgd_trainer import CGDTrainer, CritiqueCollator
 from helpers import (
     CHATML_TRAINING_TEMPLATE,
     build_model,
@@ -12,11 +16,6 @@ from helpers import (
     make_config,
     split_batch,
 )
-from peft import LoraConfig
-from torch.utils.data import DataLoader
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-from cgd_trainer import CGDTrainer, CritiqueCollator
 
 FAMILIES = ["chatml", "llama3", "plain"]
 
@@ -65,8 +64,9 @@ def test_packing_bfd(tmp_path, tokenizers, records, dataset, family):
 
 @pytest.mark.parametrize("family", ["chatml", "plain"])
 def test_packing_wrapped(tmp_path, tokenizers, records, dataset, family):
-    packed = make_trainer(tmp_path, tokenizers, family, dataset, packing=True, packing_strategy="wrapped",
-                          max_length=256)
+    packed = make_trainer(
+        tmp_path, tokenizers, family, dataset, packing=True, packing_strategy="wrapped", max_length=256
+    )
     plain = make_trainer(tmp_path, tokenizers, family, dataset, max_length=512)
     # Wrapped packing cuts across records, so check the concatenation against the per-record golden labels.
     for row in plain.train_dataset:
@@ -121,8 +121,9 @@ def test_qlora(tmp_path, tiny_dirs, tokenizers, records, dataset):
     pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=torch.float32)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
     trainer = CGDTrainer(
         model=tiny_dirs["chatml"],
         args=make_config(tmp_path, model_init_kwargs={"dtype": "float32"}),
@@ -158,8 +159,9 @@ def test_eval_datasets_and_evaluate_raw(tmp_path, tokenizers, records, family):
     metrics = trainer.evaluate(Dataset.from_list(records[:8]))
     assert "eval_loss" in metrics and metrics["eval_loss"] > 0
     # The same raw records evaluated directly give the loss of their prepared form.
-    prepared = trainer._prepare_dataset(Dataset.from_list(records[:8]), trainer.processing_class, trainer.args,
-                                        False, None, "check")
+    prepared = trainer._prepare_dataset(
+        Dataset.from_list(records[:8]), trainer.processing_class, trainer.args, False, None, "check"
+    )
     for row in prepared:
         check_segment(tokenizers[family], row["input_ids"], row["labels"], records, family)
     assert trainer.evaluate(prepared)["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
@@ -198,8 +200,9 @@ def test_assistant_only_loss(tmp_path, tokenizers, records, dataset):
     original = tokenizer.chat_template
     tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
     try:
-        trainer = make_trainer(tmp_path, tokenizers, "chatml", dataset, cgd_layout="multi_turn",
-                               assistant_only_loss=True)
+        trainer = make_trainer(
+            tmp_path, tokenizers, "chatml", dataset, cgd_layout="multi_turn", assistant_only_loss=True
+        )
         # The initial answer is an assistant turn too, but only the refined answer is trained.
         assert check_dataloader(trainer, records, "chatml") == set(range(len(records)))
         trainer.train()
@@ -210,8 +213,13 @@ def test_assistant_only_loss(tmp_path, tokenizers, records, dataset):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_with_system_message(tmp_path, tokenizers, records, family):
     chat_records = [
-        {**record, "prompt": [{"role": "system", "content": "You are a careful maths tutor."},
-                              {"role": "user", "content": record["prompt"]}]}
+        {
+            **record,
+            "prompt": [
+                {"role": "system", "content": "You are a careful maths tutor."},
+                {"role": "user", "content": record["prompt"]},
+            ],
+        }
         for record in records
     ]
     trainer = make_trainer(tmp_path, tokenizers, family, Dataset.from_list(chat_records))

@@ -6,10 +6,10 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
-from helpers import build_model, check_dataloader, make_config, make_records
 from trl import SFTConfig, SFTTrainer
 
 from cgd_trainer import DEFAULT_INSTRUCTION, CGDConfig, CGDTrainer, CritiqueCollator
+from helpers import build_model, check_dataloader, make_config, make_records
 
 
 def test_single_turn_layout_renders_the_papers_sections():
@@ -20,9 +20,15 @@ def test_single_turn_layout_renders_the_papers_sections():
     assert user["role"] == "user"
     text = user["content"]
     # Instruction first, then the three labelled sections in the paper's order.
-    positions = [text.index(part) for part in (DEFAULT_INSTRUCTION, "### Question\n" + record["prompt"],
-                                               "### Student's initial answer\n" + record["initial_response"],
-                                               "### Teacher's critique\n" + record["critique"])]
+    positions = [
+        text.index(part)
+        for part in (
+            DEFAULT_INSTRUCTION,
+            "### Question\n" + record["prompt"],
+            "### Student's initial answer\n" + record["initial_response"],
+            "### Teacher's critique\n" + record["critique"],
+        )
+    ]
     assert positions == sorted(positions) and positions[0] == 0
     assert record["refined_response"] not in text
 
@@ -52,15 +58,21 @@ def test_custom_template_keeps_braces_and_ignores_placeholders_in_values():
     record = {**make_records(1)[0], "critique": "Wrong; see {question} above.\nConclusion: wrong"}
     collator = CritiqueCollator(template=template, instruction="Go.")
     text = collator.format(record, "single_turn")["prompt"][0]["content"]
-    assert text == (f"Q: {record['prompt']}\nDraft: {record['initial_response']}\nReview: {record['critique']}\n"
-                    "Answer in \\boxed{}. Go.")
+    assert text == (
+        f"Q: {record['prompt']}\nDraft: {record['initial_response']}\nReview: {record['critique']}\n"
+        "Answer in \\boxed{}. Go."
+    )
 
 
 def test_config_fields_reach_the_trainer(tmp_path, tokenizers, records, dataset):
     trainer = CGDTrainer(
         model=build_model(tokenizers["chatml"], "chatml"),
-        args=make_config(tmp_path, cgd_layout="multi_turn", cgd_instruction="Please fix it.",
-                         cgd_critique_template="Feedback: {critique}\n{instruction}"),
+        args=make_config(
+            tmp_path,
+            cgd_layout="multi_turn",
+            cgd_instruction="Please fix it.",
+            cgd_critique_template="Feedback: {critique}\n{instruction}",
+        ),
         train_dataset=dataset,
         processing_class=tokenizers["chatml"],
     )
@@ -72,16 +84,32 @@ def test_config_fields_reach_the_trainer(tmp_path, tokenizers, records, dataset)
 @pytest.mark.parametrize("family, expected", [("chatml", "single_turn"), ("plain", "plain")])
 def test_auto_layout_is_logged(tmp_path, tokenizers, dataset, family, expected, caplog):
     with caplog.at_level(logging.INFO, logger="cgd_trainer"):
-        CGDTrainer(model=build_model(tokenizers[family], family), args=make_config(tmp_path), train_dataset=dataset,
-                   processing_class=tokenizers[family])
+        CGDTrainer(
+            model=build_model(tokenizers[family], family),
+            args=make_config(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizers[family],
+        )
     assert f"CGD layout: '{expected}'" in caplog.text
 
 
 def test_plain_sft_config_works(tmp_path, tokenizers, records, dataset):
-    args = SFTConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, max_steps=1, report_to="none",
-                     per_device_train_batch_size=4, save_strategy="no", max_length=512)
-    trainer = CGDTrainer(model=build_model(tokenizers["llama3"], "llama3"), args=args, train_dataset=dataset,
-                         processing_class=tokenizers["llama3"])
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        use_cpu=True,
+        max_steps=1,
+        report_to="none",
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        max_length=512,
+    )
+    trainer = CGDTrainer(
+        model=build_model(tokenizers["llama3"], "llama3"),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizers["llama3"],
+    )
     assert type(trainer.args) is SFTConfig
     assert check_dataloader(trainer, records, "llama3") == set(range(len(records)))
     trainer.train()
@@ -103,13 +131,23 @@ def _losses(trainer):
 
 def test_identical_losses_to_sft_trainer_on_converted_data(tmp_path, tokenizers, dataset):
     tokenizer = tokenizers["chatml"]
-    cgd = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path, max_steps=4),
-                     train_dataset=dataset, processing_class=tokenizer)
+    cgd = CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path, max_steps=4),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     collator = CritiqueCollator(tokenizer)
-    converted = dataset.map(lambda r: collator.format(r, "single_turn"),
-                            remove_columns=["initial_response", "critique", "refined_response"])
-    sft = SFTTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path, max_steps=4),
-                     train_dataset=converted, processing_class=tokenizer)
+    converted = dataset.map(
+        lambda r: collator.format(r, "single_turn"),
+        remove_columns=["initial_response", "critique", "refined_response"],
+    )
+    sft = SFTTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path, max_steps=4),
+        train_dataset=converted,
+        processing_class=tokenizer,
+    )
     assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
     assert _losses(cgd) == _losses(sft)
@@ -119,18 +157,38 @@ def test_identical_losses_to_sft_trainer_on_converted_data(tmp_path, tokenizers,
 def test_trl_data_passes_through(tmp_path, tokenizers, records, kind):
     tokenizer = tokenizers["chatml"]
     if kind == "prompt_completion":
-        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-                 "completion": [{"role": "assistant", "content": r["refined_response"]}]} for r in records]
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completion": [{"role": "assistant", "content": r["refined_response"]}],
+            }
+            for r in records
+        ]
     elif kind == "messages":
-        rows = [{"messages": [{"role": "user", "content": r["prompt"]},
-                              {"role": "assistant", "content": r["refined_response"]}]} for r in records]
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": r["prompt"]},
+                    {"role": "assistant", "content": r["refined_response"]},
+                ]
+            }
+            for r in records
+        ]
     else:
         rows = [{"text": r["prompt"] + "\n" + r["refined_response"]} for r in records]
     data = Dataset.from_list(rows)
-    cgd = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=data,
-                     processing_class=tokenizer)
-    sft = SFTTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=data,
-                     processing_class=tokenizer)
+    cgd = CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    sft = SFTTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
     assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
     assert cgd.cgd_stats == {}
@@ -138,9 +196,12 @@ def test_trl_data_passes_through(tmp_path, tokenizers, records, kind):
 
 def test_model_card_names_cgd_and_the_paper(tmp_path, tokenizers, dataset):
     # TRL writes the card into output_dir with every checkpoint.
-    trainer = CGDTrainer(model=build_model(tokenizers["chatml"], "chatml"),
-                         args=make_config(tmp_path, max_steps=1, save_strategy="steps", save_steps=1),
-                         train_dataset=dataset, processing_class=tokenizers["chatml"])
+    trainer = CGDTrainer(
+        model=build_model(tokenizers["chatml"], "chatml"),
+        args=make_config(tmp_path, max_steps=1, save_strategy="steps", save_steps=1),
+        train_dataset=dataset,
+        processing_class=tokenizers["chatml"],
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
     card = (tmp_path / "out" / "README.md").read_text()
@@ -155,22 +216,30 @@ def test_default_args_are_a_cgd_config(tokenizers, dataset, monkeypatch, tmp_pat
     monkeypatch.chdir(tmp_path)
     # TRL's defaults ask for bf16, which a CPU cannot do; the error shows a CGDConfig was built.
     with pytest.raises(ValueError, match="bf16"):
-        CGDTrainer(model=build_model(tokenizers["chatml"], "chatml"), train_dataset=dataset,
-                   processing_class=tokenizers["chatml"])
+        CGDTrainer(
+            model=build_model(tokenizers["chatml"], "chatml"),
+            train_dataset=dataset,
+            processing_class=tokenizers["chatml"],
+        )
     assert CGDConfig.__mro__[1] is SFTConfig
 
 
 def test_loss_only_on_refined_tokens_numerically(tmp_path, tokenizers, dataset):
     # The loss equals a direct cross-entropy over the refined-answer positions only.
     tokenizer = tokenizers["chatml"]
-    trainer = CGDTrainer(model=build_model(tokenizer, "chatml"), args=make_config(tmp_path), train_dataset=dataset,
-                         processing_class=tokenizer)
+    trainer = CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch).item()
         logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    direct = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                               ignore_index=-100)
+    direct = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
     assert loss == pytest.approx(direct.item(), rel=1e-4)

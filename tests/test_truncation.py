@@ -5,9 +5,9 @@ import logging
 
 import pytest
 from datasets import Dataset, IterableDataset
-from helpers import build_model, check_dataloader, check_segment, make_config, make_records, split_batch
 
 from cgd_trainer import CGDTrainer, CritiqueCollator
+from helpers import build_model, check_dataloader, check_segment, make_config, make_records, split_batch
 
 MAX_LENGTH = 320
 
@@ -33,8 +33,9 @@ def _length(collator, tokenizer, record, layout="single_turn"):
 
 @pytest.mark.parametrize("family", ["chatml", "llama3", "plain"])
 @pytest.mark.parametrize("packing", [False, True])
-def test_long_context_is_shortened_and_refined_answer_survives(tmp_path, tokenizers, long_records, family, packing,
-                                                                caplog):
+def test_long_context_is_shortened_and_refined_answer_survives(
+    tmp_path, tokenizers, long_records, family, packing, caplog
+):
     collator = CritiqueCollator(tokenizers[family])
     layout = collator.resolve_layout()
     too_long = [i for i, r in enumerate(long_records) if _length(collator, tokenizers[family], r, layout) > MAX_LENGTH]
@@ -122,8 +123,9 @@ def test_none_policy_leaves_records_to_trl(tmp_path, tokenizers, long_records):
     assert trainer.cgd_stats["train"] == {"kept": 24, "shortened": 0, "dropped": 0}
     assert len(trainer.train_dataset) == 18
     assert check_dataloader(trainer, long_records, "chatml") == {i for i in range(24) if i % 4 != 3}
-    packed = make_trainer(tmp_path, tokenizers, "chatml", long_records, max_length=MAX_LENGTH, cgd_truncation="none",
-                          packing=True)
+    packed = make_trainer(
+        tmp_path, tokenizers, "chatml", long_records, max_length=MAX_LENGTH, cgd_truncation="none", packing=True
+    )
     with pytest.raises(AssertionError):
         check_dataloader(packed, long_records, "chatml")
 

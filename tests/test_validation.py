@@ -2,9 +2,9 @@
 
 import pytest
 from datasets import Dataset, IterableDataset
-from helpers import build_model, make_config, make_records
 
 from cgd_trainer import CGDConfig, CGDTrainer, CritiqueCollator
+from helpers import build_model, make_config, make_records
 
 
 def build(tmp_path, tokenizers, records_or_dataset, family="chatml", **kwargs):
@@ -57,8 +57,11 @@ def test_non_string_prompt(tmp_path, tokenizers):
 @pytest.mark.parametrize("field", ["prompt", "initial_response", "critique", "refined_response"])
 def test_missing_column(tmp_path, tokenizers, field):
     dataset = Dataset.from_list(make_records(4)).remove_columns(field)
-    with pytest.raises(ValueError, match=rf"record 0 of the train dataset, field '{field}': the column is missing.*"
-                                         rf"{field}_field"):
+    with pytest.raises(
+        ValueError,
+        match=rf"record 0 of the train dataset, field '{field}': the column is missing.*"
+        rf"{field}_field",
+    ):
         build(tmp_path, tokenizers, dataset)
 
 
@@ -67,9 +70,15 @@ def test_renamed_columns(tmp_path, tokenizers):
         {"prompt": "question", "initial_response": "draft", "critique": "feedback", "refined_response": "answer"}
     )
     trainer = build(
-        tmp_path, tokenizers, dataset,
-        config=dict(prompt_field="question", initial_response_field="draft", critique_field="feedback",
-                    refined_response_field="answer"),
+        tmp_path,
+        tokenizers,
+        dataset,
+        config=dict(
+            prompt_field="question",
+            initial_response_field="draft",
+            critique_field="feedback",
+            refined_response_field="answer",
+        ),
     )
     assert trainer.cgd_stats["train"]["kept"] == 8
 
@@ -96,13 +105,18 @@ def test_empty_eval_dataset(tmp_path, tokenizers):
         ([{"role": "robot", "content": "hi"}], "message 0 has role 'robot'"),
         ([{"role": "user", "content": None}], "message 0 has content of type NoneType"),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}], "the last message has role"),
-        ([{"role": "system", "content": "be nice"}, {"role": "user", "content": " "}], "the last user message is empty"),
+        (
+            [{"role": "system", "content": "be nice"}, {"role": "user", "content": " "}],
+            "the last user message is empty",
+        ),
     ],
 )
 def test_malformed_messages(tokenizers, messages, problem):
     record = {**make_records(1)[0], "prompt": messages}
     collator = CritiqueCollator(tokenizers["chatml"])
-    with pytest.raises(ValueError, match=rf"record 7 of the train dataset, field 'prompt': {problem}.*Give the prompt"):
+    with pytest.raises(
+        ValueError, match=rf"record 7 of the train dataset, field 'prompt': {problem}.*Give the prompt"
+    ):
         collator.format(record, "single_turn", index=7, dataset_name="train")
 
 
@@ -117,8 +131,12 @@ def test_malformed_messages_in_trainer(tmp_path, tokenizers):
 
 def test_bad_record_in_eval_dataset_named(tmp_path, tokenizers):
     with pytest.raises(ValueError, match=r"record 1 of the holdout dataset, field 'critique'"):
-        build(tmp_path, tokenizers, make_records(4),
-              eval_dataset={"holdout": Dataset.from_list(with_bad("critique", None, index=1, n=3))})
+        build(
+            tmp_path,
+            tokenizers,
+            make_records(4),
+            eval_dataset={"holdout": Dataset.from_list(with_bad("critique", None, index=1, n=3))},
+        )
     trainer = build(tmp_path, tokenizers, make_records(4))
     with pytest.raises(ValueError, match=r"record 2 of the eval dataset, field 'refined_response'"):
         trainer.evaluate(Dataset.from_list(with_bad("refined_response", "", index=2, n=3)))
@@ -158,8 +176,14 @@ def test_assistant_only_loss_needs_chat_layout(tmp_path, tokenizers):
 
 
 def test_plain_layout_rejects_conversation_history(tokenizers):
-    record = {**make_records(1)[0], "prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                               {"role": "user", "content": "c"}]}
+    record = {
+        **make_records(1)[0],
+        "prompt": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ],
+    }
     with pytest.raises(ValueError, match="the plain layout accepts only system messages"):
         CritiqueCollator(tokenizers["plain"]).format(record, "plain", index=0)
 
@@ -168,8 +192,13 @@ def test_skip_prepare_requires_critique_collator(tmp_path, tokenizers):
     with pytest.raises(ValueError, match="leaves raw CGD records untokenized"):
         build(tmp_path, tokenizers, make_records(4), config={"dataset_kwargs": {"skip_prepare_dataset": True}})
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
-        build(tmp_path, tokenizers, make_records(4), config={"dataset_kwargs": {"skip_prepare_dataset": True}},
-              data_collator=CritiqueCollator(tokenizers["chatml"]))
+        build(
+            tmp_path,
+            tokenizers,
+            make_records(4),
+            config={"dataset_kwargs": {"skip_prepare_dataset": True}},
+            data_collator=CritiqueCollator(tokenizers["chatml"]),
+        )
 
 
 @pytest.mark.parametrize(

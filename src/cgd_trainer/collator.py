@@ -44,8 +44,10 @@ def has_chat_template(processing_class: PreTrainedTokenizerBase | ProcessorMixin
     """Whether a tokenizer or processor carries a chat template."""
     if processing_class is None:
         return False
-    return bool(getattr(processing_class, "chat_template", None) or getattr(_tokenizer_of(processing_class),
-                                                                            "chat_template", None))
+    return bool(
+        getattr(processing_class, "chat_template", None)
+        or getattr(_tokenizer_of(processing_class), "chat_template", None)
+    )
 
 
 @dataclass
@@ -54,10 +56,10 @@ class CritiqueCollator(DataCollatorMixin):
     Turns CGD records `(question, initial answer, critique, refined answer)` into the student's context and target.
 
     This class is the single place that knows the layouts: [`CGDTrainer`] uses [`~CritiqueCollator.fit`] to convert
-    records into TRL's conversational prompt-completion format before TRL tokenizes, truncates and packs them. Called as
-    a `data_collator`, it also tokenizes raw CGD rows on the fly and returns `input_ids`, `attention_mask` and `labels`,
-    where `labels` is -100 everywhere but on the refined answer and the end-of-turn token that follows it. Rows that
-    are already tokenized (`input_ids`, optional `labels`) are padded as they are.
+    records into TRL's conversational prompt-completion format before TRL tokenizes, truncates and packs them.
+    Called as a `data_collator`, it also tokenizes raw CGD rows on the fly and returns `input_ids`, `attention_mask`
+    and `labels`, where `labels` is -100 everywhere but on the refined answer and the end-of-turn token that follows
+    it. Rows that are already tokenized (`input_ids`, optional `labels`) are padded as they are.
 
     On-the-fly use with `CGDTrainer` or `SFTTrainer` needs `dataset_kwargs={"skip_prepare_dataset": True}` and
     `remove_unused_columns=False`, and gives up what TRL 1.16 does during dataset preparation: packing, padding-free
@@ -122,7 +124,9 @@ class CritiqueCollator(DataCollatorMixin):
         check_template(self.critique_template, "critique_template", required=("critique",))
 
     @classmethod
-    def from_config(cls, args: Any, processing_class: PreTrainedTokenizerBase | None = None, **kwargs) -> CritiqueCollator:
+    def from_config(
+        cls, args: Any, processing_class: PreTrainedTokenizerBase | None = None, **kwargs
+    ) -> CritiqueCollator:
         """
         Builds a collator from a [`CGDConfig`] (or any `SFTConfig`, whose missing CGD fields take their defaults).
 
@@ -328,14 +332,16 @@ class CritiqueCollator(DataCollatorMixin):
             dataset_name (`str`, *optional*): Name of the data, for error messages.
 
         Returns:
-            `dict` or `None`: `{"input_ids", "labels"}` with -100 on the context, or `None` when the record was dropped.
+            `dict` or `None`: `{"input_ids", "labels"}` with -100 on the context, or `None` for a dropped record.
         """
         if "input_ids" in example:
             return {key: example[key] for key in ("input_ids", "labels", "seq_lengths") if key in example}
         if self.processing_class is None:
             raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize raw CGD rows.")
         layout = self.resolve_layout()
-        formatted, _ = self.fit(example, layout, index=index, dataset_name=dataset_name, chat_template=self.chat_template)
+        formatted, _ = self.fit(
+            example, layout, index=index, dataset_name=dataset_name, chat_template=self.chat_template
+        )
         if formatted is None:
             return None
         prompt_ids, full_ids = self.token_ids(formatted, self.processing_class, self._template_kwargs(example))
@@ -381,7 +387,9 @@ class CritiqueCollator(DataCollatorMixin):
     def _parts(self, example: Mapping[str, Any]) -> dict[str, Any]:
         prompt = example[self.prompt_field]
         question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        history = [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]] if isinstance(prompt, list) else []
+        history = (
+            [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]] if isinstance(prompt, list) else []
+        )
         return {
             "history": history,
             "question": question,
@@ -394,7 +402,9 @@ class CritiqueCollator(DataCollatorMixin):
         history = list(parts["history"])
         if layout == "multi_turn":
             follow_up = fill_template(
-                self.critique_template or DEFAULT_CRITIQUE_TEMPLATE, critique=parts["critique"], instruction=instruction
+                self.critique_template or DEFAULT_CRITIQUE_TEMPLATE,
+                critique=parts["critique"],
+                instruction=instruction,
             )
             prompt = history + [
                 {"role": "user", "content": parts["question"]},
@@ -416,7 +426,9 @@ class CritiqueCollator(DataCollatorMixin):
             raise ValueError(f"Unknown CGD layout {layout!r}; expected one of {LAYOUTS}.")
         if any(message["role"] != "system" for message in history):
             raise record_error(
-                index, dataset_name, self.prompt_field,
+                index,
+                dataset_name,
+                self.prompt_field,
                 "the plain layout accepts only system messages before the question, got a multi-turn conversation",
                 "Use a chat layout (set a chat template) or give the prompt as a string.",
             )

@@ -72,7 +72,9 @@ class CGDConfig(SFTConfig):
     )
     cgd_critique_template: str | None = field(
         default=None,
-        metadata={"help": "Second user turn of the multi_turn layout, with {critique} and {instruction} placeholders."},
+        metadata={
+            "help": "Second user turn of the multi_turn layout, with {critique} and {instruction} placeholders."
+        },
     )
     cgd_truncation: str = field(
         default="context",

@@ -105,7 +105,10 @@ def validate_messages(messages: Any, index: int | None, dataset_name: str, field
         role, content = message.get("role"), message.get("content")
         if role not in MESSAGE_ROLES:
             raise record_error(
-                index, dataset_name, field, f"message {position} has role {role!r}, expected one of {MESSAGE_ROLES}",
+                index,
+                dataset_name,
+                field,
+                f"message {position} has role {role!r}, expected one of {MESSAGE_ROLES}",
                 fix,
             )
         if not isinstance(content, str):
@@ -120,7 +123,9 @@ def validate_messages(messages: Any, index: int | None, dataset_name: str, field
         raise record_error(index, dataset_name, field, "the last user message is empty", fix)
 
 
-def validate_record(example: Mapping[str, Any], index: int | None, dataset_name: str, fields: Mapping[str, str]) -> None:
+def validate_record(
+    example: Mapping[str, Any], index: int | None, dataset_name: str, fields: Mapping[str, str]
+) -> None:
     """
     Checks one CGD record before it is formatted.
 
@@ -140,7 +145,10 @@ def validate_record(example: Mapping[str, Any], index: int | None, dataset_name:
     for role, column in fields.items():
         if column not in example:
             raise record_error(
-                index, dataset_name, column, "the column is missing",
+                index,
+                dataset_name,
+                column,
+                "the column is missing",
                 f"Add it, or point `{role}_field` in CGDConfig at the column that holds the {role.replace('_', ' ')}.",
             )
         value = example[column]
@@ -152,11 +160,17 @@ def validate_record(example: Mapping[str, Any], index: int | None, dataset_name:
         if not isinstance(value, str):
             expected = "a string or a list of chat messages" if role == "prompt" else "a string"
             raise record_error(
-                index, dataset_name, column, f"expected {expected}, got {type(value).__name__}",
+                index,
+                dataset_name,
+                column,
+                f"expected {expected}, got {type(value).__name__}",
                 "Convert the column to text before training.",
             )
         if role in ("prompt", "refined_response") and not value.strip():
             raise record_error(
-                index, dataset_name, column, "the text is empty",
+                index,
+                dataset_name,
+                column,
+                "the text is empty",
                 "Every record needs a question and a refined answer; drop the record or regenerate it.",
             )

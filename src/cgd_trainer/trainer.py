@@ -144,8 +144,10 @@ class CGDTrainer(SFTTrainer):
         # (`model` given as a name), assume a chat layout; `_prepare_dataset` checks the real one.
         layout = self.cgd_collator.layout
         if layout == "auto":
-            layout = "plain" if processing_class is not None and not self._templated(processing_class, args) else (
-                "single_turn"
+            layout = (
+                "plain"
+                if processing_class is not None and not self._templated(processing_class, args)
+                else ("single_turn")
             )
         _check_layout(layout, args)
         first = dataset.take(1) if isinstance(dataset, IterableDataset) else dataset.select([0])

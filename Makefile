@@ -1,0 +1,31 @@
+# Developer entry points. `make test` works on a fresh clone: it creates .venv when missing and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch is enough for the tests; on a GPU machine install your CUDA torch first and it is kept.
+TORCH ?= torch==2.13.0
+
+.PHONY: install test quality format clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+quality: install
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+
+format: install
+	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""The wheel installs into a clean virtualenv (no extras) where `import cgd_trainer` and a short run work."""
+
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN = textwrap.dedent(
+    """
+    import importlib.util, sys, tempfile
+    sys.path.insert(0, {tests!r})
+    import cgd_trainer
+    assert cgd_trainer.__file__.startswith({prefix!r}), cgd_trainer.__file__
+    assert importlib.util.find_spec("bitsandbytes") is None, "no extra should be installed"
+    from datasets import Dataset
+    from helpers import build_model, build_tokenizer, make_config, make_records
+    from pathlib import Path
+    tokenizer = build_tokenizer("chatml")
+    trainer = cgd_trainer.CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(Path(tempfile.mkdtemp()), max_steps=2),
+        train_dataset=Dataset.from_list(make_records(8)),
+        processing_class=tokenizer,
+    )
+    print("loss", trainer.train().training_loss)
+    """
+)
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_trains_in_a_clean_venv(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], check=True, capture_output=True
+    )
+    (wheel,) = dist.glob("cgd_trainer-*.whl")
+    env_dir = tmp_path / "clean"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # torch==2.13.0 is the CPU build this machine keeps on disk; everything else comes from the wheel's metadata.
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "torch==2.13.0", str(wheel)], capture_output=True, text=True
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = RUN.format(tests=str(ROOT / "tests"), prefix=str(env_dir))
+    run = subprocess.run(
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "loss" in run.stdout
