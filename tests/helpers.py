@@ -5,39 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-from cgd_trainer import CGDConfig
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-# The same ChatML rendering with `{% generation %}` markers, for `assistant_only_loss`.
-CHATML_TRAINING_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{- '<|im_start|>assistant\\n' -}}{% generation %}{{- message['content'] + '<|im_end|>\\n' -}}{% endgeneration %}"
-    "{%- else -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-LLAMA3_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + "
-    "'<|eot_id|>' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
-)
+from cgd_trainer import CGDConfig, tiny
+from cgd_trainer.tiny import CHATML_TEMPLATE, CHATML_TRAINING_TEMPLATE  # noqa: F401  (re-exported for the tests)
 
 # What follows the refined answer and is trained with it, per family.
 TRAINED_SUFFIX = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "plain": "</s>"}
@@ -109,64 +78,14 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(family: str, vocab_size: int = 700) -> PreTrainedTokenizerFast:
-    """
-    A byte-level BPE tokenizer trained here, shaped like a real family.
-
-    Args:
-        family: `"chatml"` (Qwen-style), `"llama3"` (header tokens, bos) or `"plain"` (no chat template, adds `<s>`).
-    """
-    specials = {
-        "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        "plain": ["<s>", "</s>", "<pad>"],
-    }[family]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(_corpus(), trainer=trainer)
-    if family == "plain":
-        backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
-        )
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-        )
-    elif family == "chatml":
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-        )
-        tokenizer.chat_template = CHATML_TEMPLATE
-    else:
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"
-        )
-        tokenizer.chat_template = LLAMA3_TEMPLATE
-    return tokenizer
+def build_tokenizer(family: str, vocab_size: int = 700):
+    """A tokenizer of the given family trained on the test records (see `cgd_trainer.tiny`)."""
+    return tiny.build_tokenizer(family, texts=_corpus(), vocab_size=vocab_size)
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, family: str, seed: int = 0, hidden: int = 64):
+def build_model(tokenizer, family: str, seed: int = 0, hidden: int = 64):
     """A 2-layer model from config: Llama for the llama3 family, Qwen2 otherwise."""
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    config = LlamaConfig(**common) if family == "llama3" else Qwen2Config(**common)
-    config._attn_implementation = "sdpa"
-    model = (LlamaForCausalLM if family == "llama3" else Qwen2ForCausalLM)(config)
-    return model
+    return tiny.build_model(tokenizer, family, hidden_size=hidden, seed=seed)
 
 
 def token_starts(tokenizer, ids: Sequence[int]) -> tuple[str, list[int]]:

@@ -1,0 +1,139 @@
+"""Tiny models built from config and tokenizers trained locally, for the offline demo, tests and benchmarks.
+
+Nothing here downloads anything: the tokenizer is a byte-level BPE trained in a second on the demo records, shaped
+like a real family (ChatML/Qwen-style, Llama-3-style header tokens, or a base tokenizer without a chat template).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# The same ChatML rendering with `{% generation %}` markers, for `assistant_only_loss`.
+CHATML_TRAINING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}{% generation %}{{- message['content'] + '<|im_end|>\\n' -}}{% endgeneration %}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + "
+    "'<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+FAMILIES = ("chatml", "llama3", "plain")
+
+
+def default_corpus() -> list[str]:
+    """The demo records and the library's own wording: what the tiny tokenizer is trained on by default."""
+    from .demo_data import generate_records
+    from .formatting import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PLAIN_ANSWER_HEADER
+
+    texts = [DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, DEFAULT_CRITIQUE_TEMPLATE, PLAIN_ANSWER_HEADER, "[...]"]
+    for record in generate_records(512, seed=7):
+        texts.extend(record[key] for key in ("prompt", "initial_response", "critique", "refined_response"))
+    return texts
+
+
+def build_tokenizer(family: str = "chatml", texts: Iterable[str] | None = None, vocab_size: int = 700):
+    """
+    Trains a byte-level BPE tokenizer locally.
+
+    Args:
+        family (`str`, *optional*, defaults to `"chatml"`):
+            `"chatml"` (Qwen-style `<|im_start|>`/`<|im_end|>`), `"llama3"` (header tokens, `<|eot_id|>`, a bos
+            token in the template) or `"plain"` (no chat template; adds `<s>` like a base model's tokenizer).
+        texts (`Iterable[str]`, *optional*):
+            Training corpus; defaults to [`default_corpus`].
+        vocab_size (`int`, *optional*, defaults to 700):
+            Vocabulary size, special tokens included.
+
+    Returns:
+        [`~transformers.PreTrainedTokenizerFast`]: The tokenizer, with its chat template for the chat families.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}.")
+    specials = {
+        "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "plain": ["<s>", "</s>", "<pad>"],
+    }[family]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(list(texts) if texts is not None else default_corpus(), trainer=trainer)
+    if family == "plain":
+        bos = backend.token_to_id("<s>")
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if family == "chatml":
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        )
+        tokenizer.chat_template = CHATML_TEMPLATE
+        return tokenizer
+    # Like Llama 3, no pad token: TRL pads with the eos token.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"
+    )
+    tokenizer.chat_template = LLAMA3_TEMPLATE
+    return tokenizer
+
+
+def build_model(tokenizer, family: str = "chatml", hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+    """
+    Builds a small causal LM from config: Llama for the `llama3` family, Qwen2 otherwise.
+
+    Args:
+        tokenizer: The tokenizer the model is for (sets the vocabulary size and special token ids).
+        family (`str`, *optional*, defaults to `"chatml"`): The tokenizer family.
+        hidden_size (`int`, *optional*, defaults to 64): Hidden size; the MLP is twice as wide.
+        num_layers (`int`, *optional*, defaults to 2): Number of decoder layers.
+        seed (`int`, *optional*, defaults to 0): Seed of the random initialization.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: The model, in float32 with sdpa attention.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    heads = max(4, hidden_size // 64)
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    config = LlamaConfig(**settings) if family == "llama3" else Qwen2Config(**settings)
+    config._attn_implementation = "sdpa"
+    return (LlamaForCausalLM if family == "llama3" else Qwen2ForCausalLM)(config)
