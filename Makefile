@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 # A CPU build of torch is enough for the tests; on a GPU machine install your CUDA torch first and it is kept.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test quality format clean
+# Extra flags for the demo, e.g. `make demo DEMO_ARGS="--max_steps 5"` (CI runs it that way).
+DEMO_ARGS ?=
+
+.PHONY: install demo test quality format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,16 +19,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		examples/train.py $(DEMO_ARGS)
+
 test: install
 	$(PY) -m pytest
 
 quality: install
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff format --check src tests examples benchmarks
 
 format: install
-	$(PY) -m ruff check --fix src tests
-	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests examples benchmarks
+	$(PY) -m ruff format src tests examples benchmarks
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

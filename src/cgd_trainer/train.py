@@ -1,0 +1,158 @@
+"""The training entry point behind `examples/train.py` and `cgd train`, mirroring TRL's `trl/scripts/sft.py`.
+
+Launch it the TRL way:
+
+```bash
+accelerate launch --config_file examples/accelerate_configs/zero3.yaml examples/train.py \
+    --config examples/recipes/llama-3.1-8b-instruct/full.yaml
+```
+
+Flags on the command line override the YAML recipe. With neither `--config` nor `--model_name_or_path`, the offline
+demo recipe is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from datasets import DatasetDict, IterableDatasetDict, load_dataset
+from transformers.trainer_utils import get_last_checkpoint
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    ScriptArguments,
+    TrlParser,
+    get_dataset,
+    get_peft_config,
+    get_quantization_config,
+)
+
+from .config import CGDConfig
+from .demo import BUILTIN_PREFIX, demo_recipe_path, load_builtin_dataset, prepare_builtin_model, summarize
+from .trainer import CGDTrainer
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    """The parser of `examples/train.py`: TRL's script, model and dataset-mixture arguments with [`CGDConfig`]."""
+    return TrlParser((ScriptArguments, CGDConfig, ModelConfig, DatasetMixtureConfig), prog=prog)
+
+
+def load_datasets(
+    script_args: ScriptArguments, dataset_args: DatasetMixtureConfig
+) -> DatasetDict | IterableDatasetDict:
+    """
+    Loads the training data: a dataset mixture from the recipe's `datasets:` list, the built-in demo records
+    (`dataset_name: builtin:demo`), a local JSON/JSONL/Parquet/CSV file or folder, or a hub dataset.
+
+    Returns:
+        `DatasetDict` or `IterableDatasetDict`: the splits.
+    """
+    if dataset_args.datasets:
+        if script_args.dataset_name:
+            logger.warning("Both `datasets` and `dataset_name` are set; the `datasets` mixture is used.")
+        return get_dataset(dataset_args)
+    name = script_args.dataset_name
+    if not name:
+        raise ValueError("Set `dataset_name` (a hub id or a local file) or a `datasets:` mixture in the recipe.")
+    streaming = script_args.dataset_streaming
+    if name.startswith(BUILTIN_PREFIX):
+        return load_builtin_dataset(name, streaming=streaming)
+    path = Path(name)
+    if path.is_file():
+        builder = LOCAL_FORMATS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"Cannot tell the format of {name}; use one of {sorted(LOCAL_FORMATS)}.")
+        return load_dataset(builder, data_files=str(path), streaming=streaming)
+    return load_dataset(name, name=script_args.dataset_config, streaming=streaming)
+
+
+def main(
+    script_args: ScriptArguments,
+    training_args: CGDConfig,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig,
+) -> CGDTrainer:
+    """
+    Trains a CGD student from parsed arguments: loads the model and data, resumes from the last checkpoint in
+    `output_dir`, saves the model, tokenizer and model card, optionally pushes to the hub, and prints a summary.
+
+    Returns:
+        [`CGDTrainer`]: The trainer after training.
+    """
+    model_id = model_args.model_name_or_path
+    if not model_id:
+        raise ValueError("Set `model_name_or_path` (a hub id, a local folder, or `builtin:tiny-chatml`).")
+    if model_id.startswith(BUILTIN_PREFIX):
+        model_id = prepare_builtin_model(model_id, training_args.output_dir)
+
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    model_init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = model_init_kwargs
+
+    dataset = load_datasets(script_args, dataset_args)
+    if script_args.dataset_train_split not in dataset:
+        raise ValueError(f"The data has no '{script_args.dataset_train_split}' split; it has {list(dataset)}.")
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        if script_args.dataset_test_split not in dataset:
+            raise ValueError(
+                f"`eval_strategy={training_args.eval_strategy}` needs a '{script_args.dataset_test_split}' split; "
+                f"the data has {list(dataset)}. Set `test_split_size` in the recipe or `eval_strategy: 'no'`."
+            )
+        eval_dataset = dataset[script_args.dataset_test_split]
+
+    # Pick up where a previous run in the same output_dir stopped (pre-emption, crash, a second launch).
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is not None:
+            logger.warning(f"Resuming from {resume}.")
+
+    trainer = CGDTrainer(
+        model=model_id,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(model_name=Path(training_args.output_dir).name)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.print(summarize(trainer))
+    if hasattr(trainer, "end"):  # transformers >= 5.18 closes trackers and the process group here
+        trainer.end()
+    return trainer
+
+
+def with_default_recipe(argv: list[str]) -> list[str]:
+    """Falls back to the offline demo recipe when the command line names neither a recipe nor a model."""
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+        return argv
+    if any(arg == "--model_name_or_path" or arg.startswith("--model_name_or_path=") for arg in argv):
+        return argv
+    return ["--config", str(demo_recipe_path()), *argv]
+
+
+def cli_main(argv: list[str] | None = None, prog: str | None = None) -> CGDTrainer:
+    """Parses the command line (and the YAML recipe) and trains."""
+    argv = with_default_recipe(list(sys.argv[1:] if argv is None else argv))
+    parser = make_parser(prog=prog)
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
+        args=argv, fail_with_unknown_args=False
+    )
+    return main(script_args, training_args, model_args, dataset_args)
