@@ -11,15 +11,17 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from common import StepTimer  # noqa: E402
 from datasets import Dataset, disable_progress_bars  # noqa: E402
-from transformers import PrinterCallback, TrainerCallback  # noqa: E402
+from transformers import PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
@@ -28,19 +30,6 @@ from cgd_trainer.demo_data import generate_records  # noqa: E402
 from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
 
 MODELS = {"tiny": (64, 2), "small": (256, 4), "20M": (512, 8)}
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, and the tokens it saw."""
-
-    def __init__(self):
-        self.times, self._start = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def _config(output_dir: str, steps: int, packing: bool) -> CGDConfig:
@@ -77,14 +66,15 @@ def _run(kind: str, data: dict, tokenizer, size: tuple[int, int], steps: int, pa
             tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             trained += int((batch["labels"] != -100).sum())
         trainer.train()
-    warm = timer.times[2:]  # the first steps pay for allocation and thread start-up
-    return {"step": statistics.median(warm), "tokens": tokens / steps, "trained": trained / steps}
+    # The first steps pay for allocation and thread start-up; the rest are pooled over repeats.
+    return {"steps": timer.times[2:], "tokens": tokens / steps, "trained": trained / steps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--packed", action="store_true", help="also packed (bfd) batches: slow with sdpa on a CPU")
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--models", nargs="*", default=["tiny", "small"], choices=list(MODELS))
     options = parser.parse_args()
@@ -118,8 +108,8 @@ def main() -> None:
         flush=True,
     )
     print(
-        f"{options.records} demo records, batch 8, {options.steps} steps per run (median of steps 3+), "
-        f"{options.repeats} interleaved repeats\n"
+        f"{options.records} demo records, batch 8, {options.steps} steps per run, {options.repeats} interleaved runs; "
+        "median of steps 3+ pooled over runs\n"
     )
     print(
         "| model | batches | trainer | tokens/step | trained tokens/step | ms/step | tokens/s | trained tokens/s |",
@@ -128,15 +118,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for name in options.models:
         model_name = f"{name} (h{MODELS[name][0]}, {MODELS[name][1]} layers)"
-        for packing in (False, True):
+        for packing in (False, True) if options.packed else (False,):
             results = {kind: [] for kind in kinds}
             for repeat in range(options.repeats):
-                order = kinds if repeat % 2 == 0 else kinds[::-1]
+                # Rotate the order so that every trainer runs first, second and last equally often.
+                order = kinds[repeat % len(kinds) :] + kinds[: repeat % len(kinds)]
                 for kind in order:
                     results[kind].append(_run(kind, data, tokenizer, MODELS[name], options.steps, packing))
             medians = {}
             for kind in kinds:
-                step = statistics.median(r["step"] for r in results[kind])
+                step = statistics.median(t for r in results[kind] for t in r["steps"])
                 tokens, trained = results[kind][0]["tokens"], results[kind][0]["trained"]
                 medians[kind] = step
                 print(

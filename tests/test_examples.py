@@ -63,7 +63,7 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
         assert f"{gpus} GPU" in recipe.read_text()
     if recipe.name == "full.yaml":
         assert training.learning_rate == 1e-6 and training.num_train_epochs == 1 and values["bf16"] is True
-        assert model.attn_implementation == "flash_attention_2" and training.activation_checkpointing
+        assert model.attn_implementation == "flash_attention_2" and training.gradient_checkpointing
         assert "not published" in recipe.read_text().lower()
     if recipe.name == "qlora.yaml":
         assert model.load_in_4bit and model.use_peft

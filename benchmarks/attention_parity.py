@@ -1,0 +1,96 @@
+"""Same CGD loss whatever the attention kernel: padded sdpa vs packed (padding-free) sdpa / flex_attention / flash.
+
+Builds one batch of CGD records, computes the trainer's loss on it in eval mode with each kernel, and prints the
+losses and their largest gap. Run on a GPU (bf16) or, with `--cpu`, on the CPU (float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+from common import paper_like_records  # noqa: E402
+from datasets import disable_progress_bars, load_dataset  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
+from cgd_trainer.tiny import build_tokenizer  # noqa: E402
+
+
+def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> float:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config._attn_implementation = attn
+    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = CGDConfig(
+            output_dir=output_dir,
+            bf16=dtype == torch.bfloat16,
+            use_cpu=device == "cpu",
+            report_to="none",
+            packing=packing,
+            max_length=8192,
+            per_device_train_batch_size=8,
+            gradient_checkpointing=False,
+            shuffle_dataset=False,
+        )
+        trainer = CGDTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        total, items = 0.0, 0
+        for batch in trainer.get_train_dataloader():
+            n = int((batch["labels"][..., 1:] != -100).sum())
+            with torch.no_grad():
+                total += trainer.compute_loss(model, batch, num_items_in_batch=n).item() * n
+            items += n
+        return total / items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--records", type=int, default=8)
+    options = parser.parse_args()
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    device = "cpu" if options.cpu or not torch.cuda.is_available() else "cuda"
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    tokenizer = build_tokenizer("chatml")
+    path = Path(tempfile.mkdtemp()) / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in paper_like_records(options.records, seed=3)))
+    data = load_dataset("json", data_files=str(path), split="train")
+    runs = [("padded", "sdpa", False), ("packed", "sdpa", True), ("packed", "flex_attention", True)]
+    if importlib.util.find_spec("flash_attn") is not None and device == "cuda":
+        runs.append(("packed", "flash_attention_2", True))
+    losses = {}
+    for layout, attn, packing in runs:
+        try:
+            losses[f"{layout} {attn}"] = loss_with(attn, packing, data, tokenizer, device, dtype)
+        except Exception as error:  # report and go on
+            print(f"{layout} {attn}: failed with {type(error).__name__}: {str(error)[:200]}")
+    for name, loss in losses.items():
+        print(f"{name:<28} loss per trained token {loss:.6f}")
+    values = list(losses.values())
+    print(f"largest gap: {max(values) - min(values):.2e} ({device}, {dtype})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared pieces of the benchmarks: synthetic CGD records with the paper's length mix, and a step timer."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from transformers import TrainerCallback
+
+from cgd_trainer.demo_data import generate_records
+
+# Approximate token ranges of the paper's data (WebInstruct questions, student drafts, teacher critiques/refinements).
+PAPER_LENGTHS = {
+    "prompt": (100, 300),
+    "initial_response": (300, 1500),
+    "critique": (300, 1500),
+    "refined_response": (300, 2000),
+}
+
+
+def paper_like_records(n: int, seed: int = 0) -> list[dict]:
+    """
+    CGD records whose parts have the paper's length mix, made of words from the demo records (about one token per
+    word with the tiny tokenizer). The text is meaningless; the lengths are what the benchmarks need.
+    """
+    rng = random.Random(seed)
+    words = sorted({w for r in generate_records(64, seed=1) for w in r["refined_response"].split() if w.isalpha()})
+
+    def text(bounds: tuple[int, int]) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(*bounds)))
+
+    records = []
+    for index in range(n):
+        record = {field: text(bounds) for field, bounds in PAPER_LENGTHS.items()}
+        record["prompt"] = f"Question {index}: {record['prompt']}?"
+        record["critique"] += "\nConclusion: wrong"
+        records.append(record)
+    return records
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step; `sync` (e.g. `torch.cuda.synchronize`) runs at both ends."""
+
+    def __init__(self, sync=None):
+        self.times, self._start, self._sync = [], None, sync or (lambda: None)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        self.times.append(time.perf_counter() - self._start)
