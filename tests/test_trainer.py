@@ -243,3 +243,24 @@ def test_loss_only_on_refined_tokens_numerically(tmp_path, tokenizers, dataset):
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
     )
     assert loss == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_plain_training_arguments_work(tmp_path, tokenizers, records, dataset):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        bf16=False,
+        use_cpu=True,
+        max_steps=1,
+        report_to="none",
+        per_device_train_batch_size=4,
+        save_strategy="no",
+    )
+    trainer = CGDTrainer(
+        model=build_model(tokenizers["chatml"], "chatml"),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizers["chatml"],
+    )
+    assert check_dataloader(trainer, records, "chatml") == set(range(len(records)))

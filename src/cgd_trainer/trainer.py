@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import global_then_local_main_first
 
-from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator
+from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator, has_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class CGDTrainer(SFTTrainer):
         self.cgd_stats: dict[str, dict[str, int]] = {}
         self._cgd_pending: list[tuple[Any, Any]] = []
 
-        skip_prepare = bool(args.dataset_kwargs and args.dataset_kwargs.get("skip_prepare_dataset", False))
+        dataset_kwargs = getattr(args, "dataset_kwargs", None) or {}  # a plain TrainingArguments has none
+        skip_prepare = bool(dataset_kwargs.get("skip_prepare_dataset", False))
         datasets = {"train": train_dataset}
         if isinstance(eval_dataset, dict):
             datasets.update(eval_dataset)
@@ -144,11 +145,8 @@ class CGDTrainer(SFTTrainer):
         # (`model` given as a name), assume a chat layout; `_prepare_dataset` checks the real one.
         layout = self.cgd_collator.layout
         if layout == "auto":
-            layout = (
-                "plain"
-                if processing_class is not None and not self._templated(processing_class, args)
-                else ("single_turn")
-            )
+            templated = getattr(args, "chat_template_path", None) is not None or has_chat_template(processing_class)
+            layout = "plain" if processing_class is not None and not templated else "single_turn"
         _check_layout(layout, args)
         first = dataset.take(1) if isinstance(dataset, IterableDataset) else dataset.select([0])
         return first.map(
@@ -162,12 +160,6 @@ class CGDTrainer(SFTTrainer):
         columns = get_dataset_column_names(dataset)
         fields = self.cgd_collator.fields
         return [column for role, column in fields.items() if role != "prompt" and column in columns]
-
-    @staticmethod
-    def _templated(processing_class: Any, args: Any) -> bool:
-        from .collator import has_chat_template
-
-        return args.chat_template_path is not None or has_chat_template(processing_class)
 
     def _prepare_dataset(
         self,
@@ -258,8 +250,11 @@ def _fit_row(example, index, collator, layout, processing_class, dataset_name, c
     )
     if stats is not None:
         stats[status] += 1
-        if status != KEPT:
-            logger.warning(f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length.")
+        if status != KEPT and stats[status] == 1:  # streaming: say it once, keep counting in trainer.cgd_stats
+            logger.warning(
+                f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length; later ones are "
+                "counted in `trainer.cgd_stats` without a message."
+            )
     if formatted is None:
         # Keep the columns' types stable; the row is filtered out right after.
         formatted = collator.format(example, layout, index, dataset_name)
