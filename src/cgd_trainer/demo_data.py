@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -25,73 +24,60 @@ NAMES = ["Mia", "Leo", "Ava", "Noah", "Zara", "Omar", "Lena", "Ravi", "Ines", "T
 ITEMS = ["pencils", "stickers", "marbles", "cards", "shells", "stamps", "beads", "coins"]
 
 
-def _problem_packs(rng: random.Random) -> dict:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    packs, per_pack, given = rng.randint(3, 12), rng.randint(4, 15), rng.randint(2, 20)
-    total = packs * per_pack
-    return {
-        "question": f"{name} buys {packs} packs of {item} with {per_pack} {item} in each pack, then gives {given} "
-        f"{item} to a friend. How many {item} does {name} have left?",
-        "product": (packs, per_pack, total),
+# Each problem multiplies two numbers (a × b = p), then adds or subtracts a third (c) to reach the answer r. Values
+# are drawn in the order given: a list is a choice, a tuple an inclusive integer range.
+PROBLEMS = [
+    {
+        "values": {"name": NAMES, "item": ITEMS, "a": (3, 12), "b": (4, 15), "c": (2, 20)},
+        "op": "subtract",
+        "question": "{name} buys {a} packs of {item} with {b} {item} in each pack, then gives {c} {item} to a friend. "
+        "How many {item} does {name} have left?",
         "steps": [
-            f"{name} buys {packs} packs of {per_pack}, so {packs} × {per_pack} = {total} {item}.",
-            f"After giving away {given}, {total} − {given} = {total - given} {item} are left.",
+            "{name} buys {a} packs of {b}, so {a} × {b} = {p} {item}.",
+            "After giving away {c}, {p} − {c} = {r} {item} are left.",
         ],
-        "answer": total - given,
-        "last": ("subtract", total, given),
-    }
-
-
-def _problem_trip(rng: random.Random) -> dict:
-    speed, hours, extra = rng.choice([40, 45, 50, 60, 65, 70, 80]), rng.randint(2, 6), rng.randint(5, 60)
-    total = speed * hours
-    return {
-        "question": f"A bus drives at {speed} km per hour for {hours} hours, then {extra} km more on a side road. "
-        "How many kilometres does it drive in total?",
-        "product": (speed, hours, total),
+    },
+    {
+        "values": {"a": [40, 45, 50, 60, 65, 70, 80], "b": (2, 6), "c": (5, 60)},
+        "op": "add",
+        "question": "A bus drives at {a} km per hour for {b} hours, then {c} km more on a side road. How many "
+        "kilometres does it drive in total?",
         "steps": [
-            f"At {speed} km per hour for {hours} hours the bus covers {speed} × {hours} = {total} km.",
-            f"Adding the side road: {total} + {extra} = {total + extra} km.",
+            "At {a} km per hour for {b} hours the bus covers {a} × {b} = {p} km.",
+            "Adding the side road: {p} + {c} = {r} km.",
         ],
-        "answer": total + extra,
-        "last": ("add", total, extra),
-    }
+    },
+    {
+        "values": {"name": NAMES, "a": (5, 25), "b": (3, 10), "c": (4, 30)},
+        "op": "subtract",
+        "question": "{name} saves {a} dollars every week for {b} weeks and then spends {c} dollars on a book. How "
+        "many dollars are left?",
+        "steps": ["Savings: {a} × {b} = {p} dollars.", "After the book: {p} − {c} = {r} dollars."],
+    },
+    {
+        "values": {"a": (4, 12), "b": (5, 14), "c": (1, 9)},
+        "op": "subtract",
+        "question": "A garden has {a} rows with {b} tulips in each row. {c} tulips wilt. How many tulips are still "
+        "blooming?",
+        "steps": ["There are {a} × {b} = {p} tulips.", "Without the wilted ones: {p} − {c} = {r} tulips."],
+    },
+]
 
 
-def _problem_savings(rng: random.Random) -> dict:
-    name = rng.choice(NAMES)
-    weekly, weeks, spent = rng.randint(5, 25), rng.randint(3, 10), rng.randint(4, 30)
-    total = weekly * weeks
+def _problem(rng: random.Random) -> dict:
+    """Draws a problem and its values, and works out its solution."""
+    spec = rng.choice(PROBLEMS)
+    values = {key: rng.choice(v) if isinstance(v, list) else rng.randint(*v) for key, v in spec["values"].items()}
+    product = values["a"] * values["b"]
+    answer = product - values["c"] if spec["op"] == "subtract" else product + values["c"]
+    values.update(p=product, r=answer)
     return {
-        "question": f"{name} saves {weekly} dollars every week for {weeks} weeks and then spends {spent} dollars on a "
-        "book. How many dollars are left?",
-        "product": (weekly, weeks, total),
-        "steps": [
-            f"Savings: {weekly} × {weeks} = {total} dollars.",
-            f"After the book: {total} − {spent} = {total - spent} dollars.",
-        ],
-        "answer": total - spent,
-        "last": ("subtract", total, spent),
+        "question": spec["question"].format(**values),
+        "product": (values["a"], values["b"], product),
+        "steps": [step.format(**values) for step in spec["steps"]],
+        "answer": answer,
+        "last": (spec["op"], product, values["c"]),
     }
-
-
-def _problem_garden(rng: random.Random) -> dict:
-    rows, per_row, dead = rng.randint(4, 12), rng.randint(5, 14), rng.randint(1, 9)
-    total = rows * per_row
-    return {
-        "question": f"A garden has {rows} rows with {per_row} tulips in each row. {dead} tulips wilt. How many tulips "
-        "are still blooming?",
-        "product": (rows, per_row, total),
-        "steps": [
-            f"There are {rows} × {per_row} = {total} tulips.",
-            f"Without the wilted ones: {total} − {dead} = {total - dead} tulips.",
-        ],
-        "answer": total - dead,
-        "last": ("subtract", total, dead),
-    }
-
-
-PROBLEMS: list[Callable[[random.Random], dict]] = [_problem_packs, _problem_trip, _problem_savings, _problem_garden]
 
 
 def _flawed_answer(problem: dict, mistake: str) -> tuple[str, str]:
@@ -130,7 +116,7 @@ def _flawed_answer(problem: dict, mistake: str) -> tuple[str, str]:
 
 
 def _record(index: int, rng: random.Random) -> dict:
-    problem = rng.choice(PROBLEMS)(rng)
+    problem = _problem(rng)
     # About a third of the student's answers are right, as in real probe data where many drafts pass.
     mistake = rng.choices(["none", "product", "operation", "skip"], weights=[3, 3, 2, 2])[0]
     if mistake == "none":
