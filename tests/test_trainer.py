@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
+from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from cgd_trainer import DEFAULT_INSTRUCTION, CGDConfig, CGDTrainer, CritiqueCollator
@@ -93,8 +94,10 @@ def test_auto_layout_is_logged(tmp_path, tokenizers, dataset, family, expected, 
     assert f"CGD layout: '{expected}'" in caplog.text
 
 
-def test_plain_sft_config_works(tmp_path, tokenizers, records, dataset):
-    args = SFTConfig(
+@pytest.mark.parametrize("config_class", [SFTConfig, TrainingArguments])
+def test_plain_trl_and_transformers_configs_work(tmp_path, tokenizers, records, dataset, config_class):
+    # The CGD fields then take their defaults; SFTTrainer turns TrainingArguments into an SFTConfig itself.
+    args = config_class(
         output_dir=str(tmp_path),
         bf16=False,
         use_cpu=True,
@@ -102,7 +105,6 @@ def test_plain_sft_config_works(tmp_path, tokenizers, records, dataset):
         report_to="none",
         per_device_train_batch_size=4,
         save_strategy="no",
-        max_length=512,
     )
     trainer = CGDTrainer(
         model=build_model(tokenizers["llama3"], "llama3"),
@@ -243,24 +245,3 @@ def test_loss_only_on_refined_tokens_numerically(tmp_path, tokenizers, dataset):
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
     )
     assert loss == pytest.approx(direct.item(), rel=1e-4)
-
-
-def test_plain_training_arguments_work(tmp_path, tokenizers, records, dataset):
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        bf16=False,
-        use_cpu=True,
-        max_steps=1,
-        report_to="none",
-        per_device_train_batch_size=4,
-        save_strategy="no",
-    )
-    trainer = CGDTrainer(
-        model=build_model(tokenizers["chatml"], "chatml"),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizers["chatml"],
-    )
-    assert check_dataloader(trainer, records, "chatml") == set(range(len(records)))
