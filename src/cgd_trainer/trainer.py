@@ -17,6 +17,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import global_then_local_main_first
 
 from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator, has_chat_template
+from .config import CGDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class CGDTrainer(SFTTrainer):
         formatting_func: Callable[[dict], str] | None = None,
     ):
         if args is None:
-            from .config import CGDConfig
-
             model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = CGDConfig(f"{str(model_name).split('/')[-1]}-CGD")
         self.cgd_collator = CritiqueCollator.from_config(args)
