@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 from cgd_trainer.demo_data import generate_records
 
-# Approximate token ranges of the paper's data (WebInstruct questions, student drafts, teacher critiques/refinements).
+# Length ranges of the paper's data (WebInstruct questions, student drafts, teacher critiques and refinements), in
+# tokens; the generator draws this many words, which the tiny tokenizer splits into about 1.5 tokens each.
 PAPER_LENGTHS = {
     "prompt": (100, 300),
     "initial_response": (300, 1500),
@@ -20,8 +21,8 @@ PAPER_LENGTHS = {
 
 def paper_like_records(n: int, seed: int = 0) -> list[dict]:
     """
-    CGD records whose parts have the paper's length mix, made of words from the demo records (about one token per
-    word with the tiny tokenizer). The text is meaningless; the lengths are what the benchmarks need.
+    CGD records whose parts have the paper's length mix in words (from the demo records' vocabulary; about 1.5 tokens
+    a word with the tiny tokenizer, so somewhat longer in tokens). The text is meaningless; the lengths matter.
     """
     rng = random.Random(seed)
     words = sorted({w for r in generate_records(64, seed=1) for w in r["refined_response"].split() if w.isalpha()})
