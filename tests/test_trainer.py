@@ -245,3 +245,30 @@ def test_loss_only_on_refined_tokens_numerically(tmp_path, tokenizers, dataset):
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
     )
     assert loss == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_records_are_tokenized_once_by_the_trainer(tmp_path, tokenizers, records, dataset):
+    # The trainer hands TRL finished rows: TRL then skips its own tokenization, and the rows equal TRL's.
+    trainer = CGDTrainer(
+        model=build_model(tokenizers["chatml"], "chatml"),
+        args=make_config(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizers["chatml"],
+    )
+    converted = trainer._convert(dataset, trainer.processing_class, trainer.args, "check")
+    assert "input_ids" in converted.column_names and "labels" in converted.column_names
+    assert not {"prompt", "initial_response", "critique", "refined_response"} & set(converted.column_names)
+    assert converted["input_ids"] == trainer.train_dataset["input_ids"]
+
+
+def test_explicit_completion_only_loss_false_warns_and_trains_everything(tmp_path, tokenizers, dataset, caplog):
+    with caplog.at_level(logging.WARNING, logger="cgd_trainer"):
+        trainer = CGDTrainer(
+            model=build_model(tokenizers["chatml"], "chatml"),
+            args=make_config(tmp_path, completion_only_loss=False),
+            train_dataset=dataset,
+            processing_class=tokenizers["chatml"],
+        )
+    assert "is not CGD" in caplog.text
+    row = trainer.train_dataset[0]
+    assert row["labels"] == row["input_ids"]

@@ -263,18 +263,23 @@ class CritiqueCollator(DataCollatorMixin):
             `tuple`: the `{"prompt", "completion"}` example (or `None` when dropped) and `"kept"`, `"shortened"` or
             `"dropped"`.
         """
+        formatted, status, _ = self._fit(example, layout, processing_class, index, dataset_name, chat_template)
+        return formatted, status
+
+    def _fit(self, example, layout, processing_class, index, dataset_name, chat_template):
+        # Also returns the full token ids when they were measured, so that `tokenize` need not compute them again.
         formatted = self.format(example, layout, index, dataset_name)
         processing_class = processing_class if processing_class is not None else self.processing_class
         if self.max_length is None or self.truncation == "none":
-            return formatted, KEPT
+            return formatted, KEPT, None
         if processing_class is None:
             raise ValueError("`CritiqueCollator.fit` needs a tokenizer to measure lengths when `max_length` is set.")
         template_kwargs = self._template_kwargs(example, chat_template)
-        length = len(self.token_ids(formatted, processing_class, template_kwargs)[1])
-        if length <= self.max_length:
-            return formatted, KEPT
+        full_ids = self._full_ids(formatted, processing_class, template_kwargs)
+        if len(full_ids) <= self.max_length:
+            return formatted, KEPT, full_ids
         if self.truncation == "drop":
-            return None, DROPPED
+            return None, DROPPED, None
 
         tokenizer = _tokenizer_of(processing_class)
         refined = example[self.refined_response_field]
@@ -282,14 +287,45 @@ class CritiqueCollator(DataCollatorMixin):
         for key in SHORTEN_ORDER:
             ids = tokenizer(parts[key], add_special_tokens=False)["input_ids"]
             kept = len(ids)
-            while length > self.max_length and kept > 0:
-                kept = max(0, kept - (length - self.max_length))
+            while len(full_ids) > self.max_length and kept > 0:
+                kept = max(0, kept - (len(full_ids) - self.max_length))
                 parts[key] = tokenizer.decode(ids[:kept]) + self.truncation_marker
                 formatted = self._render(parts, refined, layout, index, dataset_name)
-                length = len(self.token_ids(formatted, processing_class, template_kwargs)[1])
-            if length <= self.max_length:
-                return formatted, SHORTENED
-        return None, DROPPED
+                full_ids = self._full_ids(formatted, processing_class, template_kwargs)
+            if len(full_ids) <= self.max_length:
+                return formatted, SHORTENED, full_ids
+        return None, DROPPED, None
+
+    def tokenize(
+        self,
+        example: Mapping[str, Any],
+        layout: str,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        index: int | None = None,
+        dataset_name: str = "train",
+        chat_template: str | None = None,
+    ) -> tuple[dict[str, list[int]] | None, str]:
+        """
+        Fits a record into `max_length` (see [`~CritiqueCollator.fit`]) and tokenizes it as TRL would, with labels
+        that are -100 everywhere but on the refined answer and what the template closes it with. Each record is
+        tokenized once more than the prompt alone: the ids measured while fitting are reused.
+
+        Returns:
+            `tuple`: `{"input_ids", "labels"}` (or `None` when dropped) and `"kept"`, `"shortened"` or `"dropped"`.
+        """
+        processing_class = processing_class if processing_class is not None else self.processing_class
+        if processing_class is None:
+            raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize CGD records.")
+        formatted, status, full_ids = self._fit(example, layout, processing_class, index, dataset_name, chat_template)
+        if formatted is None:
+            return None, status
+        template_kwargs = self._template_kwargs(example, chat_template)
+        if full_ids is None:
+            full_ids = self._full_ids(formatted, processing_class, template_kwargs)
+        prompt_ids = self._prompt_ids(formatted, processing_class, template_kwargs)
+        # The completion starts where the prompt alone and the whole example diverge, as in TRL.
+        start = common_prefix_length(prompt_ids, full_ids)
+        return {"input_ids": full_ids, "labels": [-100] * start + full_ids[start:]}, status
 
     def token_ids(
         self,
@@ -309,18 +345,28 @@ class CritiqueCollator(DataCollatorMixin):
             `tuple[list[int], list[int]]`: the ids of the prompt alone and of the prompt followed by the completion.
         """
         template_kwargs = dict(template_kwargs or {})
+        return (
+            self._prompt_ids(formatted, processing_class, template_kwargs),
+            self._full_ids(formatted, processing_class, template_kwargs),
+        )
+
+    def _prompt_ids(self, formatted, processing_class, template_kwargs) -> list[int]:
+        prompt = formatted["prompt"]
+        if isinstance(prompt, list):
+            return list(
+                _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)["input_ids"]
+            )
+        return list(_tokenize(processing_class, prompt)["input_ids"])
+
+    def _full_ids(self, formatted, processing_class, template_kwargs) -> list[int]:
         prompt, completion = formatted["prompt"], formatted["completion"]
         if isinstance(prompt, list):
-            prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)
-            full_ids = _tokenize(processing_class, prompt + completion, **template_kwargs)
-        else:
-            # TRL appends the eos token to plain-text completions that lack it
-            eos = _tokenizer_of(processing_class).eos_token
-            if eos and not completion.endswith(eos):
-                completion = completion + eos
-            prompt_ids = _tokenize(processing_class, prompt)
-            full_ids = _tokenize(processing_class, prompt + completion)
-        return list(prompt_ids["input_ids"]), list(full_ids["input_ids"])
+            return list(_tokenize(processing_class, prompt + completion, **template_kwargs)["input_ids"])
+        # TRL appends the eos token to plain-text completions that lack it
+        eos = _tokenizer_of(processing_class).eos_token
+        if eos and not completion.endswith(eos):
+            completion = completion + eos
+        return list(_tokenize(processing_class, prompt + completion)["input_ids"])
 
     def encode(self, example: Mapping[str, Any], index: int | None = None, dataset_name: str = "batch"):
         """
@@ -338,15 +384,10 @@ class CritiqueCollator(DataCollatorMixin):
             return {key: example[key] for key in ("input_ids", "labels", "seq_lengths") if key in example}
         if self.processing_class is None:
             raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize raw CGD rows.")
-        layout = self.resolve_layout()
-        formatted, _ = self.fit(
-            example, layout, index=index, dataset_name=dataset_name, chat_template=self.chat_template
+        row, _ = self.tokenize(
+            example, self.resolve_layout(), index=index, dataset_name=dataset_name, chat_template=self.chat_template
         )
-        if formatted is None:
-            return None
-        prompt_ids, full_ids = self.token_ids(formatted, self.processing_class, self._template_kwargs(example))
-        start = common_prefix_length(prompt_ids, full_ids)
-        return {"input_ids": full_ids, "labels": [-100] * start + full_ids[start:]}
+        return row
 
     def torch_call(self, examples: list[Mapping[str, Any]]) -> dict[str, Any]:
         rows = [self.encode(example, index) for index, example in enumerate(examples)]

@@ -29,12 +29,12 @@ class CGDTrainer(SFTTrainer):
     Trainer for Critique-Guided Distillation ([arXiv 2505.11628](https://huggingface.co/papers/2505.11628)).
 
     A drop-in [`~trl.SFTTrainer`] with the same signature. Raw CGD records (columns `prompt`, `initial_response`,
-    `critique`, `refined_response`; names set in [`CGDConfig`]) are rendered by [`CritiqueCollator`] into TRL's
-    prompt-completion format, with the question, initial answer and critique as the context and the refined answer as
-    the completion, so that TRL's own tokenization, loss masking, packing, padding-free batching and fused LM-head loss
-    train on the refined answer only. Records longer than `max_length` have their context shortened instead of their
-    refined answer (see `cgd_truncation`). Prompt-completion, conversational or plain-text SFT data passes through
-    untouched.
+    `critique`, `refined_response`; names set in [`CGDConfig`]) are rendered by [`CritiqueCollator`] with the question,
+    initial answer and critique as the context and the refined answer as the completion, and tokenized exactly as TRL
+    tokenizes prompt-completion data, with labels on the refined answer only; TRL's own truncation, packing,
+    padding-free batching and fused LM-head loss then do the rest. Records longer than `max_length` have their
+    context shortened instead of their refined answer (see `cgd_truncation`). Prompt-completion, conversational or
+    plain-text SFT data passes through untouched.
 
     Counts of kept, shortened and dropped records per dataset are logged and kept in `trainer.cgd_stats`.
     All arguments are those of [`~trl.SFTTrainer`]; `args` may be a [`CGDConfig`] or a plain `SFTConfig`.
@@ -154,11 +154,11 @@ class CGDTrainer(SFTTrainer):
             remove_columns=self._columns_to_remove(dataset),
         )
 
-    def _columns_to_remove(self, dataset: Dataset | IterableDataset) -> list[str]:
-        # The rendered `prompt` replaces the question column; the other three parts go away.
+    def _columns_to_remove(self, dataset: Dataset | IterableDataset, with_prompt: bool = False) -> list[str]:
+        # A rendered `prompt` replaces the question column, unless the rows are tokenized here; the other parts go.
         columns = get_dataset_column_names(dataset)
         fields = self.cgd_collator.fields
-        return [column for role, column in fields.items() if role != "prompt" and column in columns]
+        return [c for role, c in fields.items() if (with_prompt or role != "prompt") and c in columns]
 
     def _prepare_dataset(
         self,
@@ -183,18 +183,30 @@ class CGDTrainer(SFTTrainer):
         args: SFTConfig,
         dataset_name: str,
     ) -> Dataset | IterableDataset:
-        """Validates raw CGD records, renders them as prompt-completion examples and fits them into `max_length`."""
+        """Validates raw CGD records, fits them into `max_length`, and renders and tokenizes them for TRL."""
         _check_not_empty(dataset, dataset_name)
         collator = self.cgd_collator
         layout = collator.resolve_layout(processing_class)
         _check_layout(layout, args)
+        # Tokenize here, once, and hand TRL finished `input_ids`/`labels` rows (it then skips its own tokenization and
+        # label building; truncation and packing still run). Fall back to prompt-completion rows where TRL's own
+        # masking must decide: `assistant_only_loss` (template masks) or an explicit `completion_only_loss=False`.
+        pretokenize = not getattr(args, "assistant_only_loss", False) and (
+            getattr(args, "completion_only_loss", None) is not False
+        )
+        if getattr(args, "completion_only_loss", None) is False:
+            logger.warning(
+                "`completion_only_loss=False` trains on the question, the initial answer and the critique too, which "
+                "is not CGD. Leave it unset to train on the refined answer only."
+            )
         fn_kwargs = {
             "layout": layout,
             "processing_class": processing_class,
             "dataset_name": dataset_name,
             "chat_template": getattr(self, "chat_template", None),
+            "pretokenize": pretokenize,
         }
-        remove = self._columns_to_remove(dataset)
+        remove = self._columns_to_remove(dataset, with_prompt=pretokenize)
         with global_then_local_main_first():
             if isinstance(dataset, Dataset):
                 converted = dataset.map(
@@ -243,10 +255,11 @@ def _format_row(example, collator, layout):
     return collator.format(example, layout, index=0, dataset_name="train")
 
 
-def _fit_row(example, index, collator, layout, processing_class, dataset_name, chat_template, stats=None):
-    formatted, status = collator.fit(
-        example, layout, processing_class, index=index, dataset_name=dataset_name, chat_template=chat_template
-    )
+def _fit_row(example, index, collator, layout, processing_class, dataset_name, chat_template, pretokenize, stats=None):
+    if pretokenize:
+        row, status = collator.tokenize(example, layout, processing_class, index, dataset_name, chat_template)
+    else:
+        row, status = collator.fit(example, layout, processing_class, index, dataset_name, chat_template)
     if stats is not None:
         stats[status] += 1
         if status != KEPT and stats[status] == 1:  # streaming: say it once, keep counting in trainer.cgd_stats
@@ -254,10 +267,10 @@ def _fit_row(example, index, collator, layout, processing_class, dataset_name, c
                 f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length; later ones are "
                 "counted in `trainer.cgd_stats` without a message."
             )
-    if formatted is None:
+    if row is None:
         # Keep the columns' types stable; the row is filtered out right after.
-        formatted = collator.format(example, layout, index, dataset_name)
-    return {**formatted, _STATUS: status}
+        row = {"input_ids": [0], "labels": [-100]} if pretokenize else collator.format(example, layout, index)
+    return {**row, _STATUS: status}
 
 
 def _check_layout(layout: str, args: Any) -> None:
