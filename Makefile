@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Extra flags for the demo, e.g. `make demo DEMO_ARGS="--max_steps 5"` (CI runs it that way).
 DEMO_ARGS ?=
 
-.PHONY: install demo test quality format clean
+.PHONY: install demo test bench quality format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# CPU benchmarks (a few minutes each at most); benchmarks/gpu.py needs a CUDA GPU and is run by hand.
+bench: install
+	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/padding.py
+	$(PY) benchmarks/train_step.py
 
 quality: install
 	$(PY) -m ruff check src tests examples benchmarks
