@@ -18,10 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import paper_like_records  # noqa: E402
-from datasets import disable_progress_bars, load_dataset  # noqa: E402
+from common import paper_like_records, quiet  # noqa: E402
+from datasets import load_dataset  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_tokenizer  # noqa: E402
@@ -69,8 +68,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--records", type=int, default=8)
     options = parser.parse_args()
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
+    quiet()
     device = "cpu" if options.cpu or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     tokenizer = build_tokenizer("chatml")

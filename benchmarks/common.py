@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
@@ -37,6 +38,16 @@ def paper_like_records(n: int, seed: int = 0) -> list[dict]:
         record["critique"] += "\nConclusion: wrong"
         records.append(record)
     return records
+
+
+def quiet() -> None:
+    """Silences progress bars and library logs so that only the benchmark's table is printed."""
+    from datasets import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("cgd_trainer").setLevel(logging.ERROR)
 
 
 class StepTimer(TrainerCallback):

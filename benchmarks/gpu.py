@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from common import StepTimer, paper_like_records  # noqa: E402
-from datasets import disable_progress_bars, load_dataset  # noqa: E402
+from common import StepTimer, paper_like_records, quiet  # noqa: E402
+from datasets import load_dataset  # noqa: E402
 from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 from trl.trainer.utils import compute_flops_per_token, get_peak_flops  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
@@ -157,8 +156,7 @@ def main() -> None:
     options = parser.parse_args()
     if not torch.cuda.is_available() and not options.smoke:
         sys.exit("benchmarks/gpu.py needs a CUDA GPU (or --smoke).")
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
+    quiet()
 
     tokenizer = build_tokenizer("chatml")
     # Loaded from a JSONL file as users do (`Dataset.from_list` failed to fingerprint its table on one CUDA image:

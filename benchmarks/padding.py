@@ -7,7 +7,6 @@ packing code that training uses. Run: `python benchmarks/padding.py`.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -16,11 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import paper_like_records  # noqa: E402
-from datasets import Dataset, disable_progress_bars  # noqa: E402
+from common import paper_like_records, quiet  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 from trl.data_utils import pack_dataset  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
@@ -43,9 +41,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max_length", type=int, default=8192)
     options = parser.parse_args()
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("cgd_trainer").setLevel(logging.ERROR)
+    quiet()
 
     records = Dataset.from_list(paper_like_records(options.records, seed=0))
     print(

@@ -6,7 +6,6 @@ tokenize and label) and what TRL's `_prepare_dataset` does after it. Run: `pytho
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -15,9 +14,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import paper_like_records  # noqa: E402
-from datasets import Dataset, disable_progress_bars  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from common import paper_like_records, quiet  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
@@ -29,9 +27,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=300)
     parser.add_argument("--max_length", type=int, default=4096)
     options = parser.parse_args()
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("cgd_trainer").setLevel(logging.ERROR)
+    quiet()
 
     tokenizer = build_tokenizer("chatml")
     raw = Dataset.from_list(paper_like_records(options.records, seed=0))

@@ -7,7 +7,6 @@ with like. Prints a markdown table of medians. Run: `python benchmarks/train_ste
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import statistics
@@ -19,10 +18,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import StepTimer  # noqa: E402
-from datasets import Dataset, disable_progress_bars  # noqa: E402
+from common import StepTimer, quiet  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer, CritiqueCollator  # noqa: E402
@@ -79,9 +77,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["tiny", "small"], choices=list(MODELS))
     options = parser.parse_args()
 
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    logging.getLogger("cgd_trainer").setLevel(logging.ERROR)
+    quiet()
     torch.manual_seed(0)
 
     tokenizer = build_tokenizer("chatml")

@@ -297,26 +297,33 @@ class CritiqueCollator(DataCollatorMixin):
         return None, DROPPED, None
 
     def tokenize(
-        self,
-        example: Mapping[str, Any],
-        layout: str,
-        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
-        index: int | None = None,
-        dataset_name: str = "train",
-        chat_template: str | None = None,
+        self, example: Mapping[str, Any], layout: str, **fit_kwargs: Any
     ) -> tuple[dict[str, list[int]] | None, str]:
         """
         Fits a record into `max_length` (see [`~CritiqueCollator.fit`]) and tokenizes it as TRL would, with labels
         that are -100 everywhere but on the refined answer and what the template closes it with. Each record is
         tokenized once more than the prompt alone: the ids measured while fitting are reused.
 
+        Args:
+            example (`Mapping[str, Any]`): The raw record.
+            layout (`str`): `single_turn`, `multi_turn` or `plain`.
+            **fit_kwargs: `processing_class`, `index`, `dataset_name` and `chat_template`, as for `fit`.
+
         Returns:
             `tuple`: `{"input_ids", "labels"}` (or `None` when dropped) and `"kept"`, `"shortened"` or `"dropped"`.
         """
-        processing_class = processing_class if processing_class is not None else self.processing_class
+        processing_class = fit_kwargs.get("processing_class") or self.processing_class
         if processing_class is None:
             raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize CGD records.")
-        formatted, status, full_ids = self._fit(example, layout, processing_class, index, dataset_name, chat_template)
+        chat_template = fit_kwargs.get("chat_template")
+        formatted, status, full_ids = self._fit(
+            example,
+            layout,
+            processing_class,
+            fit_kwargs.get("index"),
+            fit_kwargs.get("dataset_name", "train"),
+            chat_template,
+        )
         if formatted is None:
             return None, status
         template_kwargs = self._template_kwargs(example, chat_template)

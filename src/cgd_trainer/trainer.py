@@ -256,10 +256,11 @@ def _format_row(example, collator, layout):
 
 
 def _fit_row(example, index, collator, layout, processing_class, dataset_name, chat_template, pretokenize, stats=None):
-    if pretokenize:
-        row, status = collator.tokenize(example, layout, processing_class, index, dataset_name, chat_template)
-    else:
-        row, status = collator.fit(example, layout, processing_class, index, dataset_name, chat_template)
+    fit_kwargs = dict(
+        processing_class=processing_class, index=index, dataset_name=dataset_name, chat_template=chat_template
+    )
+    step = collator.tokenize if pretokenize else collator.fit
+    row, status = step(example, layout, **fit_kwargs)
     if stats is not None:
         stats[status] += 1
         if status != KEPT and stats[status] == 1:  # streaming: say it once, keep counting in trainer.cgd_stats
