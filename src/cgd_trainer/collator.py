@@ -312,7 +312,8 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             `tuple`: `{"input_ids", "labels"}` (or `None` when dropped) and `"kept"`, `"shortened"` or `"dropped"`.
         """
-        processing_class = fit_kwargs.get("processing_class") or self.processing_class
+        processing_class = fit_kwargs.get("processing_class")
+        processing_class = processing_class if processing_class is not None else self.processing_class
         if processing_class is None:
             raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize CGD records.")
         chat_template = fit_kwargs.get("chat_template")
