@@ -11,7 +11,7 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from cgd_trainer import CritiqueCollator, cli
-from cgd_trainer.demo import demo_recipe_path
+from cgd_trainer.demo import demo_recipe_path, summarize
 from cgd_trainer.demo_data import demo_data_path, generate_records, to_jsonl
 from cgd_trainer.train import make_parser, with_default_recipe
 
@@ -308,6 +308,9 @@ def test_train_from_local_jsonl_file(tmp_path):
     )
     assert trainer.cgd_stats["train"]["kept"] == 24
     assert trainer.cgd_collator.resolve_layout(trainer.processing_class) == "plain"
+    # The summary counts trained tokens in Arrow; check it against a plain count.
+    trained = sum(label != -100 for labels in trainer.train_dataset["labels"] for label in labels)
+    assert f"trained tokens per epoch: {trained} " in summarize(trainer)
 
 
 def test_eval_without_test_split_is_a_clear_error(tmp_path):

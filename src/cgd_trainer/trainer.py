@@ -191,10 +191,9 @@ class CGDTrainer(SFTTrainer):
         # Tokenize here, once, and hand TRL finished `input_ids`/`labels` rows (it then skips its own tokenization and
         # label building; truncation and packing still run). Fall back to prompt-completion rows where TRL's own
         # masking must decide: `assistant_only_loss` (template masks) or an explicit `completion_only_loss=False`.
-        pretokenize = not getattr(args, "assistant_only_loss", False) and (
-            getattr(args, "completion_only_loss", None) is not False
-        )
-        if getattr(args, "completion_only_loss", None) is False:
+        completion_only_loss = getattr(args, "completion_only_loss", None)
+        pretokenize = not getattr(args, "assistant_only_loss", False) and completion_only_loss is not False
+        if completion_only_loss is False:
             logger.warning(
                 "`completion_only_loss=False` trains on the question, the initial answer and the critique too, which "
                 "is not CGD. Leave it unset to train on the refined answer only."
