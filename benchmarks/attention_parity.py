@@ -18,11 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import paper_like_records, quiet  # noqa: E402
+from common import bench_config, paper_like_records, quiet  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
+from cgd_trainer import CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_tokenizer  # noqa: E402
 
 
@@ -42,16 +42,13 @@ def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> 
     config._attn_implementation = attn
     model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = CGDConfig(
-            output_dir=output_dir,
+        args = bench_config(
+            output_dir,
             bf16=dtype == torch.bfloat16,
             use_cpu=device == "cpu",
-            report_to="none",
             packing=packing,
             max_length=8192,
             per_device_train_batch_size=8,
-            gradient_checkpointing=False,
-            shuffle_dataset=False,
         )
         trainer = CGDTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         total, items = 0.0, 0

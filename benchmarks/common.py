@@ -40,6 +40,25 @@ def paper_like_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
+def bench_config(output_dir: str, **overrides):
+    """A `CGDConfig` for benchmarks: CPU, fp32, no checkpoints, logging or reporting; `overrides` win."""
+    from cgd_trainer import CGDConfig
+
+    settings = dict(
+        output_dir=output_dir,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        gradient_checkpointing=False,
+        save_strategy="no",
+        logging_steps=1000,
+        disable_tqdm=True,
+        seed=0,
+    )
+    settings.update(overrides)
+    return CGDConfig(**settings)
+
+
 def quiet() -> None:
     """Silences progress bars and library logs so that only the benchmark's table is printed."""
     from datasets import disable_progress_bars

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from common import StepTimer, paper_like_records, quiet  # noqa: E402
+from common import StepTimer, bench_config, paper_like_records, quiet  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from trl.trainer.utils import compute_flops_per_token, get_peak_flops  # noqa: E402
 
-from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
+from cgd_trainer import CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_tokenizer  # noqa: E402
 
 # Qwen2-0.5B's shape; the vocabulary is its full size, so the LM head costs what it costs there.
@@ -78,22 +78,16 @@ def run(name, records, tokenizer, attn, packing, full_logits, steps, max_length,
         else QWEN2_0_5B
     )
     with tempfile.TemporaryDirectory() as output_dir:
-        args = CGDConfig(
-            output_dir=output_dir,
+        args = bench_config(
+            output_dir,
             bf16=cuda,
             use_cpu=not cuda,
             max_steps=steps,
             learning_rate=1e-5,
-            logging_steps=1000,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            gradient_checkpointing=False,
             packing=packing,
             max_length=max_length,
             per_device_train_batch_size=rows if packing else batch,
             dataloader_num_workers=2,
-            seed=0,
         )
         config = Qwen2Config(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         config._attn_implementation = attn

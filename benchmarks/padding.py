@@ -15,13 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import paper_like_records, quiet  # noqa: E402
+from common import bench_config, paper_like_records, quiet  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 from trl.data_utils import pack_dataset  # noqa: E402
 
-from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
+from cgd_trainer import CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
 
 
@@ -56,15 +56,7 @@ def main() -> None:
     for layout, family in (("single_turn", "chatml"), ("multi_turn", "chatml"), ("plain", "plain")):
         tokenizer = build_tokenizer(family)
         with tempfile.TemporaryDirectory() as output_dir:
-            args = CGDConfig(
-                output_dir=output_dir,
-                bf16=False,
-                use_cpu=True,
-                report_to="none",
-                cgd_layout=layout,
-                max_length=options.max_length,
-                gradient_checkpointing=False,
-            )
+            args = bench_config(output_dir, cgd_layout=layout, max_length=options.max_length)
             trainer = CGDTrainer(
                 model=build_model(tokenizer, family), args=args, train_dataset=records, processing_class=tokenizer
             )

@@ -14,11 +14,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import paper_like_records, quiet  # noqa: E402
+from common import bench_config, paper_like_records, quiet  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
-from cgd_trainer import CGDConfig, CGDTrainer  # noqa: E402
+from cgd_trainer import CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
 
 
@@ -41,15 +41,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for num_proc in (1, 2):
         with tempfile.TemporaryDirectory() as output_dir:
-            args = CGDConfig(
-                output_dir=output_dir,
-                bf16=False,
-                use_cpu=True,
-                report_to="none",
-                max_length=options.max_length,
-                dataset_num_proc=num_proc,
-                gradient_checkpointing=False,
-            )
+            args = bench_config(output_dir, max_length=options.max_length, dataset_num_proc=num_proc)
             trainer = CGDTrainer(
                 model=build_model(tokenizer, "chatml"),
                 args=args,

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import StepTimer, quiet  # noqa: E402
+from common import StepTimer, bench_config, quiet  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
@@ -31,21 +31,13 @@ MODELS = {"tiny": (64, 2), "small": (256, 4), "20M": (512, 8)}
 
 
 def _config(output_dir: str, steps: int, packing: bool) -> CGDConfig:
-    return CGDConfig(
-        output_dir=output_dir,
-        bf16=False,
-        use_cpu=True,
+    return bench_config(
+        output_dir,
         per_device_train_batch_size=8,
         max_steps=steps,
         learning_rate=1e-4,
-        logging_steps=1000,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
         max_length=1024,
         packing=packing,
-        disable_tqdm=True,
-        seed=0,
     )
 
 

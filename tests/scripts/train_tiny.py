@@ -3,11 +3,16 @@
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cgd_trainer import CGDConfig, CGDTrainer
+from cgd_trainer import CGDTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder, for helpers
+from helpers import make_config  # noqa: E402
 
 
 def main():
@@ -20,23 +25,14 @@ def main():
     parser.add_argument("--packing", action="store_true")
     options = parser.parse_args()
 
-    args = CGDConfig(
+    args = make_config(
+        Path(options.output),
         output_dir=options.output,
-        bf16=False,
-        use_cpu=True,
         # accelerate fails on a backend without a process group, so name it only when distributed
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         per_device_train_batch_size=options.batch,
         max_steps=options.steps,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
-        max_length=512,
         packing=options.packing,
-        seed=0,
-        disable_tqdm=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     model = AutoModelForCausalLM.from_pretrained(options.model, dtype="float32")
