@@ -38,3 +38,13 @@ def tiny_dirs(tmp_path_factory, tokenizers):
         tokenizer.save_pretrained(path)
         dirs[family] = str(path)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def served_tiny(tiny_dirs, tmp_path_factory):
+    """`transformers serve` running the tiny ChatML model on loopback: `(base_url, model_name)`, one per session."""
+    from servers import transformers_serve
+
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with transformers_serve(tiny_dirs["chatml"], log) as base_url:
+        yield base_url, tiny_dirs["chatml"]

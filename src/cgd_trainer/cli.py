@@ -1,4 +1,4 @@
-"""The `cgd` command: `cgd train`, `cgd demo`, and later the data and evaluation commands."""
+"""The `cgd` command: `cgd train`, `cgd demo`, the data pipeline and the evaluation commands."""
 
 from __future__ import annotations
 
@@ -18,10 +18,38 @@ def _demo(argv: list[str]) -> None:
     cli_main(argv)
 
 
+def _generate(argv: list[str]) -> None:
+    from .generate import cli_main
+
+    cli_main(argv)
+
+
+def _build(argv: list[str]) -> None:
+    from .build import cli_main
+
+    cli_main(argv)
+
+
+def _eval(argv: list[str]) -> None:
+    from .evaluate import cli_main
+
+    cli_main(argv)
+
+
+def _diagnose(argv: list[str]) -> None:
+    from .diagnose import cli_main
+
+    cli_main(argv)
+
+
 # name -> (handler, one-line help). Each handler parses its own arguments, TrlParser-style with `--config`.
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (_train, "train a CGD student (same flags and YAML recipes as examples/train.py)"),
     "demo": (_demo, "run the offline demo: tiny local model, shipped CGD records, CPU"),
+    "generate": (_generate, "generate CGD data: probe (student) -> critique -> refine (teacher), resumable"),
+    "build": (_build, "build training sets for every condition (CGD, SFT, CFT, ablations, verdict ratios)"),
+    "eval": (_eval, "evaluate models or checkpoints on math benchmarks (math-verify, pass@k, format drift)"),
+    "diagnose": (_diagnose, "refinement uncertainty: NLL/entropy of refined answers with and without the critique"),
 }
 
 

@@ -1,0 +1,165 @@
+"""Real servers on loopback for the HTTP backend tests: `transformers serve`, and a scriptable OpenAI-style server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def transformers_serve(model_dir: str, log_path: Path):
+    """
+    Starts `transformers serve <model_dir>` on a free loopback port, on CPU, and yields its `/v1` base URL.
+
+    The server is the real one users run; its log goes to `log_path`.
+    """
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        model_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/health", process)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+class ScriptedServer:
+    """
+    A minimal OpenAI-compatible chat server on loopback that answers by script, for fault injection.
+
+    Each request's last user message is looked up in `faults`: a list of what to do on successive attempts
+    (`429`, `500`, `"timeout"`, `"garbage"`, `"empty"`); once the list is used up (or for unlisted messages) it answers
+    `200` with `reply(messages)`. Every request is recorded (`requests`, `auth_headers`) so a test can count them.
+
+    Args:
+        reply: Builds the answer text from the messages (default: echoes a digest of the last message).
+        delay: Seconds to wait before answering a successful request (to keep requests in flight).
+        timeout_sleep: Seconds a `"timeout"` answer stalls (longer than the client's timeout).
+    """
+
+    def __init__(self, reply=None, delay: float = 0.0, timeout_sleep: float = 3.0, faults: dict | None = None):
+        self.reply = reply or (lambda messages: f"Answer to: {messages[-1]['content'][:60]}\nConclusion: right")
+        self.delay = delay
+        self.timeout_sleep = timeout_sleep
+        self.faults = {key: list(value) for key, value in (faults or {}).items()}
+        self.requests: list[str] = []
+        self.auth_headers: list[str] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                messages = body["messages"]
+                key = messages[-1]["content"]
+                with server.lock:
+                    server.requests.append(key)
+                    server.auth_headers.append(self.headers.get("Authorization", ""))
+                    plan = server.faults.get(key)
+                    action = plan.pop(0) if plan else 200
+                if action == "timeout":
+                    time.sleep(server.timeout_sleep)
+                    action = 200
+                if action in (429, 500):
+                    self._send(action, {"error": {"message": f"scripted {action}", "type": "scripted"}})
+                    return
+                if action == "garbage":
+                    self._send(200, None, raw=b"this is not json")
+                    return
+                if action == "empty":
+                    empty = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+                    self._send(200, empty)
+                    return
+                time.sleep(server.delay)
+                text = server.reply(messages)
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", "m"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    },
+                )
+
+            def _send(self, status, payload, raw: bytes | None = None):
+                data = raw if raw is not None else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status == 429:
+                        self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def counts(self) -> Counter:
+        with self.lock:
+            return Counter(self.requests)
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
