@@ -73,9 +73,9 @@ class ScriptedServer:
     """
     A minimal OpenAI-compatible chat server on loopback that answers by script, for fault injection.
 
-    Each request's last user message is looked up in `faults`: a list of what to do on successive attempts
-    (`429`, `500`, `"timeout"`, `"garbage"`, `"empty"`); once the list is used up (or for unlisted messages) it answers
-    `200` with `reply(messages)`. Every request is recorded (`requests`, `auth_headers`) so a test can count them.
+    Each request's last user message is looked up in `faults`: a list of what to do on successive attempts (`400`,
+    `401`, `429`, `500`, `"timeout"`, `"garbage"`, `"empty"`); once the list is used up (or for unlisted messages) it
+    answers `200` with `reply(messages)`. Every request is recorded (`requests`, `auth_headers`) for tests to count.
 
     Args:
         reply: Builds the answer text from the messages (default: echoes a digest of the last message).
@@ -98,7 +98,13 @@ class ScriptedServer:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                except (ValueError, OSError):  # the client died while sending (kill -9 test)
+                    return
                 messages = body["messages"]
                 key = messages[-1]["content"]
                 with server.lock:
@@ -109,7 +115,7 @@ class ScriptedServer:
                 if action == "timeout":
                     time.sleep(server.timeout_sleep)
                     action = 200
-                if action in (429, 500):
+                if action in (400, 401, 429, 500):
                     self._send(action, {"error": {"message": f"scripted {action}", "type": "scripted"}})
                     return
                 if action == "garbage":

@@ -13,6 +13,7 @@ write every result to disk before the next arrives (that is what makes runs resu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -249,7 +250,10 @@ def _retryable(error: BaseException) -> bool:
 
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
-    return isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, MalformedReply))
+    # A body that is not JSON surfaces as a JSONDecodeError from the client, one of the wrong shape as a validation
+    # error: both are malformed replies.
+    malformed = (MalformedReply, json.JSONDecodeError, openai.APIResponseValidationError)
+    return isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, *malformed))
 
 
 class MalformedReply(Exception):

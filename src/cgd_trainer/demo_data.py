@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import string
 from importlib import resources
 from pathlib import Path
 
@@ -68,6 +70,12 @@ def _problem(rng: random.Random) -> dict:
     """Draws a problem and its values, and works out its solution."""
     spec = rng.choice(PROBLEMS)
     values = {key: rng.choice(v) if isinstance(v, list) else rng.randint(*v) for key, v in spec["values"].items()}
+    return _solve(spec, values)
+
+
+def _solve(spec: dict, values: dict) -> dict:
+    """The question, worked steps and answer of a problem spec with its values."""
+    values = dict(values)
     product = values["a"] * values["b"]
     answer = product - values["c"] if spec["op"] == "subtract" else product + values["c"]
     values.update(p=product, r=answer)
@@ -80,64 +88,127 @@ def _problem(rng: random.Random) -> dict:
     }
 
 
-def _flawed_answer(problem: dict, mistake: str) -> tuple[str, str]:
-    """The student's answer with one mistake, and the critique that names it."""
+def _question_pattern(template: str) -> re.Pattern:
+    # `{name}` and `{item}` are words, the numbers digits; a placeholder used twice must repeat the same text.
+    pattern, seen = "", set()
+    for literal, key, _, _ in string.Formatter().parse(template):
+        pattern += re.escape(literal)
+        if key is None:
+            continue
+        if key in seen:
+            pattern += f"(?P={key})"
+        else:
+            pattern += f"(?P<{key}>[A-Za-z]+)" if key in ("name", "item") else f"(?P<{key}>\\d+)"
+            seen.add(key)
+    return re.compile(pattern + "$")
+
+
+_PATTERNS = [(_question_pattern(spec["question"]), spec) for spec in PROBLEMS]
+
+
+def solve_question(question: str) -> dict | None:
+    """
+    Solves a demo question from its text alone (what the offline demo teacher does).
+
+    Returns:
+        `dict` or `None`: The worked problem (`question`, `product`, `steps`, `answer`, `last`), or `None` when the
+        text is not a demo question.
+    """
+    for pattern, spec in _PATTERNS:
+        match = pattern.match(question.strip())
+        if match:
+            values = {
+                key: value if key in ("name", "item") else int(value) for key, value in match.groupdict().items()
+            }
+            return _solve(spec, values)
+    return None
+
+
+def draft_answer(problem: dict, mistake: str) -> str:
+    """The student's answer: the worked steps (`mistake="none"`) or one with a `product`/`operation`/`skip` error."""
     a, b, product = problem["product"]
     op, left, right = problem["last"]
     sign = "−" if op == "subtract" else "+"
+    if mistake == "none":
+        return " ".join(problem["steps"]) + f" The answer is {problem['answer']}."
     if mistake == "product":
         slip = product + b
         final = slip - right if op == "subtract" else slip + right
-        answer = f"First {a} × {b} = {slip}. Then {slip} {sign} {right} = {final}. The answer is {final}."
-        critique = (
-            f"The plan is right, but the multiplication is wrong: {a} × {b} is {product}, not {slip} (it looks like "
-            f"one extra group of {b} was counted). Because of that slip the final result {final} is off by {b}.\n"
-            "Conclusion: wrong"
-        )
-    elif mistake == "operation":
+        return f"First {a} × {b} = {slip}. Then {slip} {sign} {right} = {final}. The answer is {final}."
+    if mistake == "operation":
         flipped = left + right if op == "subtract" else left - right
         wrong_sign = "+" if op == "subtract" else "−"
-        answer = (
+        return (
             f"First {a} × {b} = {product}. Then {product} {wrong_sign} {right} = {flipped}. The answer is {flipped}."
         )
-        needed = "taken away" if op == "subtract" else "added"
-        critique = (
-            f"The product {a} × {b} = {product} is correct, but the second step uses the wrong operation: the "
-            f"{right} should be {needed}, so the step is {product} {sign} {right}, not {product} {wrong_sign} "
-            f"{right}.\nConclusion: wrong"
-        )
-    else:  # the last step is skipped
-        answer = f"We multiply: {a} × {b} = {product}. The answer is {product}."
-        critique = (
-            f"The multiplication {a} × {b} = {product} is correct, but the answer stops there: the question also "
-            f"asks to account for the {right}, which the student never used.\nConclusion: wrong"
-        )
-    return answer, critique
+    return f"We multiply: {a} × {b} = {product}. The answer is {product}."
 
 
-def _record(index: int, rng: random.Random) -> dict:
-    problem = _problem(rng)
-    # About a third of the student's answers are right, as in real probe data where many drafts pass.
-    mistake = rng.choices(["none", "product", "operation", "skip"], weights=[3, 3, 2, 2])[0]
+def critique_of(problem: dict, mistake: str, slip: int | None = None, final: int | None = None) -> str:
+    """
+    The teacher's critique of an answer with the given mistake, ending with the verdict line.
+
+    Args:
+        problem (`dict`): The worked problem.
+        mistake (`str`): `none`, `product`, `operation` or `skip`.
+        slip (`int`, *optional*): The wrong product the student wrote (`product` mistakes; default: one group too
+            many).
+        final (`int`, *optional*): The student's final number (`product` mistakes).
+    """
+    a, b, product = problem["product"]
+    op, left, right = problem["last"]
+    sign = "−" if op == "subtract" else "+"
     if mistake == "none":
-        initial = " ".join(problem["steps"]) + f" The answer is {problem['answer']}."
-        critique = (
+        return (
             "Each step checks out: the multiplication is right and the second step uses the right operation, so "
             f"{problem['answer']} is correct. The explanation could name the units at each step.\n"
             "Conclusion: right"
         )
-    else:
-        initial, critique = _flawed_answer(problem, mistake)
-    refined = "\n".join(
+    if mistake == "product":
+        slip = product + b if slip is None else slip
+        final = (slip - right if op == "subtract" else slip + right) if final is None else final
+        guess = f" (it looks like one extra group of {b} was counted)" if slip == product + b else ""
+        return (
+            f"The plan is right, but the multiplication is wrong: {a} × {b} is {product}, not {slip}{guess}. "
+            f"Because of that slip the final result {final} is off by {abs(final - problem['answer'])}.\n"
+            "Conclusion: wrong"
+        )
+    if mistake == "operation":
+        wrong_sign = "+" if op == "subtract" else "−"
+        needed = "taken away" if op == "subtract" else "added"
+        return (
+            f"The product {a} × {b} = {product} is correct, but the second step uses the wrong operation: the "
+            f"{right} should be {needed}, so the step is {product} {sign} {right}, not {product} {wrong_sign} "
+            f"{right}.\nConclusion: wrong"
+        )
+    return (
+        f"The multiplication {a} × {b} = {product} is correct, but the answer stops there: the question also "
+        f"asks to account for the {right}, which the student never used.\nConclusion: wrong"
+    )
+
+
+def refined_answer(problem: dict) -> str:
+    """A complete worked solution with the final answer in `\\boxed{}`."""
+    return "\n".join(
         [f"Step {i + 1}: {step}" for i, step in enumerate(problem["steps"])]
         + [f"So the answer is \\boxed{{{problem['answer']}}}."]
     )
+
+
+def pick_mistake(rng: random.Random) -> str:
+    # About a third of the student's answers are right, as in real probe data where many drafts pass.
+    return rng.choices(["none", "product", "operation", "skip"], weights=[3, 3, 2, 2])[0]
+
+
+def _record(index: int, rng: random.Random) -> dict:
+    problem = _problem(rng)
+    mistake = pick_mistake(rng)
     return {
         "id": f"demo-{index:04d}",
         "prompt": problem["question"],
-        "initial_response": initial,
-        "critique": critique,
-        "refined_response": refined,
+        "initial_response": draft_answer(problem, mistake),
+        "critique": critique_of(problem, mistake),
+        "refined_response": refined_answer(problem),
         "verdict": "right" if mistake == "none" else "wrong",
         "reference_answer": str(problem["answer"]),
     }

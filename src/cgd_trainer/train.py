@@ -61,7 +61,18 @@ def load_datasets(
     name = script_args.dataset_name
     if not name:
         raise ValueError("Set `dataset_name` (a hub id or a local file) or a `datasets:` mixture in the recipe.")
-    streaming = script_args.dataset_streaming
+    return load_source(name, script_args.dataset_config, streaming=script_args.dataset_streaming)
+
+
+def load_source(
+    name: str, config_name: str | None = None, streaming: bool = False
+) -> DatasetDict | IterableDatasetDict:
+    """
+    Loads one named dataset: `builtin:demo`, a local JSON/JSONL/Parquet/CSV file, or a hub dataset (or local folder).
+
+    Returns:
+        `DatasetDict` or `IterableDatasetDict`: its splits (a local file gives a `train` split).
+    """
     if name.startswith(BUILTIN_PREFIX):
         return load_builtin_dataset(name, streaming=streaming)
     path = Path(name)
@@ -70,7 +81,7 @@ def load_datasets(
         if builder is None:
             raise ValueError(f"Cannot tell the format of {name}; use one of {sorted(LOCAL_FORMATS)}.")
         return load_dataset(builder, data_files=str(path), streaming=streaming)
-    return load_dataset(name, name=script_args.dataset_config, streaming=streaming)
+    return load_dataset(name, name=config_name, streaming=streaming)
 
 
 def main(

@@ -1,0 +1,399 @@
+"""`cgd generate`: stages, backends against real loopback servers, retries, failures, resume after kill -9, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cgd_trainer.backends import OpenAIBackend, Request, Sampling, TransformersBackend, make_backend
+from cgd_trainer.demo_data import demo_data_path
+from cgd_trainer.generate import GenerateConfig, Pipeline, StageStore, cli_main
+from cgd_trainer.prompts import parse_verdict, strip_thinking
+from servers import ScriptedServer
+
+DEMO = [json.loads(line) for line in demo_data_path().read_text("utf-8").splitlines()]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def run(tmp_path: Path, student=None, teacher=None, **overrides) -> dict:
+    settings = dict(
+        dataset_name="builtin:demo",
+        id_field="id",
+        reference_field="reference_answer",
+        output_dir=str(tmp_path / "out"),
+        student_backend="demo",
+        teacher_backend="demo",
+        max_new_tokens=32,
+    )
+    settings.update(overrides)
+    pipeline = Pipeline(GenerateConfig(**settings), student=student, teacher=teacher)
+    try:
+        return pipeline.run()
+    finally:
+        pipeline.close()
+
+
+def fast_openai(base_url: str, **options) -> OpenAIBackend:
+    defaults = dict(base_url=base_url, concurrency=4, max_retries=3, timeout=5.0, backoff_base=0.01, backoff_max=0.05)
+    defaults.update(options)
+    return OpenAIBackend("teacher", **defaults)
+
+
+# --- prompts ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Good work.\nConclusion: right", "right"),
+        ("Bad.\nconclusion: Wrong.", "wrong"),
+        ("**Conclusion:** wrong", "wrong"),
+        ("Conclusion: **right**\n", "right"),
+        ("Conclusion: right\nOn second thought...\nConclusion: wrong", "wrong"),
+        ("The conclusion: right answer is 4", None),  # not a verdict line
+        ("No verdict here", None),
+        ("", None),
+    ],
+)
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_strip_thinking():
+    assert strip_thinking("<think>let me see</think>\n\nThe answer is 4.") == "The answer is 4."
+    # Qwen3-style templates open the section in the prompt: only the closing tag is in the output.
+    assert strip_thinking("hmm, 2+2...</think>The answer is 4.") == "The answer is 4."
+    assert strip_thinking("<think>a</think>x<think>b</think>y") == "y"
+    assert strip_thinking("<think>ran out of tokens while thinking") == ""
+    assert strip_thinking("  no thinking at all ") == "no thinking at all"
+
+
+# --- the demo chain and resume ---------------------------------------------------------------------------------------
+
+
+def test_demo_teacher_reproduces_the_shipped_records(tmp_path):
+    # Critique and refine the shipped drafts: the offline teacher must write exactly the shipped critiques and answers.
+    summary = run(tmp_path, stages=["critique", "refine"], initial_response_field="initial_response")
+    records = read_jsonl(Path(summary["records_file"]))
+    assert len(records) == len(DEMO) == 256
+    for record, shipped in zip(records, DEMO):
+        assert {key: record[key] for key in shipped} == shipped
+    assert summary["stages"]["critique"]["generated"] == 256
+    assert "from input" not in summary["stages"]["critique"]
+    assert summary["verdicts"] == {"right": 87, "wrong": 169, "none": 0}
+    assert records[0]["provenance"]["from_input"] == ["probe"]
+
+
+def test_full_run_then_rerun_is_all_cached(tmp_path):
+    first = run(tmp_path, max_records=20)
+    assert [first["stages"][s]["generated"] for s in ("probe", "critique", "refine")] == [20, 20, 20]
+    records = read_jsonl(tmp_path / "out" / "records.jsonl")
+    assert [r["id"] for r in records] == [r["id"] for r in DEMO[:20]]
+    assert all(r["verdict"] == parse_verdict(r["critique"]) for r in records)
+    assert records[0]["provenance"]["student"] == {"backend": "demo", "model": "cgd-demo", "prompt_format": "chat"}
+    assert set(records[0]["provenance"]["templates"]) == {"probe", "critique", "refine"}
+    second = run(tmp_path, max_records=20)
+    assert [second["stages"][s].get("generated", 0) for s in ("probe", "critique", "refine")] == [0, 0, 0]
+    assert [second["stages"][s]["cached"] for s in ("probe", "critique", "refine")] == [20, 20, 20]
+    assert read_jsonl(tmp_path / "out" / "records.jsonl") == records
+
+
+def test_stages_one_at_a_time_and_changed_settings_regenerate(tmp_path):
+    probe = run(tmp_path, max_records=6, stages=["probe"])
+    assert probe["records"] == 0 and probe["incomplete_records"] == {"critique": 6}
+    critique = run(tmp_path, max_records=6, stages=["critique"])
+    assert critique["stages"]["critique"]["generated"] == 6
+    refine = run(tmp_path, max_records=6, stages=["refine"])
+    assert refine["records"] == 6
+    # A new critique prompt changes the request: the critiques are regenerated; the refine stage follows them.
+    changed = run(tmp_path, max_records=6, critique_system_prompt="Review the answer. End with the verdict line.")
+    assert changed["stages"]["probe"]["cached"] == 6
+    assert changed["stages"]["critique"]["generated"] == 6
+    assert changed["stages"]["refine"]["cached"] == 6  # same critique texts (demo teacher), so the same requests
+    lines = read_jsonl(tmp_path / "out" / "critique.jsonl")
+    assert len(lines) == 12 and len(StageStore(tmp_path / "out" / "critique.jsonl").entries) == 6
+
+
+def test_store_drops_a_cut_line(tmp_path):
+    path = tmp_path / "probe.jsonl"
+    path.write_text('{"id": "a", "key": "k", "text": "x"}\n{"id": "b", "key": "k", "te', "utf-8")
+    store = StageStore(path)
+    assert list(store.entries) == ["a"]
+    assert path.read_text("utf-8") == '{"id": "a", "key": "k", "text": "x"}\n'
+
+
+def test_unknown_questions_fail_into_the_failure_file_and_are_retried(tmp_path):
+    data = tmp_path / "questions.jsonl"
+    rows = [{"q": DEMO[0]["prompt"]}, {"q": "What is the capital of France?"}, {"q": "   "}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    summary = run(tmp_path, dataset_name=str(data), question_field="q", id_field=None, reference_field=None)
+    assert summary["dropped_questions"] == {"empty or non-text question": 1}
+    assert summary["stages"]["probe"]["failed"] == 1
+    assert summary["stages"]["critique"]["waiting for an earlier stage"] == 1
+    assert summary["records"] == 1 and summary["incomplete_records"] == {"probe": 1}
+    failures = read_jsonl(tmp_path / "out" / "probe.failures.jsonl")
+    assert len(failures) == 1 and "demo task" in failures[0]["error"]
+    again = run(tmp_path, dataset_name=str(data), question_field="q", id_field=None, reference_field=None)
+    assert again["stages"]["probe"]["cached"] == 1 and again["stages"]["probe"]["failed"] == 1
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="stages"):
+        GenerateConfig(stages=["probe", "grade"])
+    with pytest.raises(ValueError, match=r"\{critique\}"):
+        GenerateConfig(refine_template="{question} {initial_response}")
+    with pytest.raises(ValueError, match="teacher_backend"):
+        GenerateConfig(teacher_backend="anthropic")
+    with pytest.raises(ValueError, match="no column 'question'.*question_field"):
+        run(tmp_path, question_field="question")
+    data = tmp_path / "dup.jsonl"
+    data.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "utf-8")
+    with pytest.raises(ValueError, match="row 1: id '1' appears twice"):
+        run(tmp_path, dataset_name=str(data), reference_field=None)
+    with pytest.raises(ValueError, match="no column 'reference_answer'.*`reference_field`"):
+        run(tmp_path, dataset_name=str(data))
+    assert GenerateConfig(stages=["refine,probe"]).stages == ["probe", "refine"]
+
+
+# --- transformers backend (in process) and the OpenAI backend against `transformers serve` ---------------------------
+
+
+def test_transformers_student_chat_and_completion(tmp_path, tiny_dirs):
+    student = TransformersBackend(tiny_dirs["chatml"], batch_size=4)
+    summary = run(tmp_path / "chat", student=student, student_backend="transformers", max_records=6, max_new_tokens=8)
+    assert summary["stages"]["probe"]["generated"] == 6 and summary["records"] == 6
+    assert summary["provenance"]["student"]["prompt_format"] == "chat"
+    # The tiny model writes nonsense: the teacher says so, and the record is still complete.
+    records = read_jsonl(tmp_path / "chat" / "out" / "records.jsonl")
+    assert all(r["verdict"] == "wrong" for r in records)
+    plain = TransformersBackend(tiny_dirs["plain"], batch_size=4)
+    assert not plain.uses_chat
+    summary = run(tmp_path / "plain", student=plain, student_backend="transformers", max_records=3, max_new_tokens=8)
+    assert summary["provenance"]["student"]["prompt_format"] == "completion" and summary["records"] == 3
+
+
+def test_openai_backend_against_transformers_serve_matches_local_generation(served_tiny, tiny_dirs):
+    base_url, model = served_tiny
+    requests = [
+        Request(str(i), messages=[{"role": "user", "content": record["prompt"]}], sampling=Sampling(max_tokens=12))
+        for i, record in enumerate(DEMO[:4])
+    ]
+    remote = {
+        r.request.id: r for r in make_backend("openai", model, base_url=base_url, concurrency=2).generate(requests)
+    }
+    local = {r.request.id: r for r in TransformersBackend(tiny_dirs["chatml"]).generate(requests)}
+    assert all(reply.ok and reply.attempts == 1 for reply in remote.values()), [r.error for r in remote.values()]
+    # Greedy decoding of the same weights: the same text (the server trims the leading space of the first token).
+    assert {k: r.texts[0].strip() for k, r in remote.items()} == {k: r.texts[0].strip() for k, r in local.items()}
+    assert all(r.completion_tokens == 12 for r in remote.values())
+
+
+def test_pipeline_with_served_student(tmp_path, served_tiny):
+    base_url, model = served_tiny
+    summary = run(
+        tmp_path,
+        max_records=4,
+        student_backend="openai",
+        student_model=model,
+        student_base_url=base_url,
+        max_new_tokens=8,
+    )
+    assert summary["stages"]["probe"]["generated"] == 4 and summary["records"] == 4
+    assert summary["provenance"]["student"]["base_url"] == base_url
+    assert summary["stages"]["probe"]["prompt_tokens"] > 0
+
+
+# --- faults, retries, failures ---------------------------------------------------------------------------------------
+
+
+def critique_key(record: dict) -> str:
+    return f"### Question\n{record['prompt']}\n\n### Student's answer\n{record['initial_response']}"
+
+
+def test_retries_then_success_and_a_request_that_never_succeeds(tmp_path):
+    recs = DEMO[:6]
+    faults = {
+        critique_key(recs[0]): [429, 500],
+        critique_key(recs[1]): ["timeout"],
+        critique_key(recs[2]): ["garbage", "empty"],
+        critique_key(recs[3]): [500] * 10,  # more failures than retries
+    }
+    with ScriptedServer(faults=faults, timeout_sleep=1.5) as server:
+        teacher = fast_openai(server.base_url, timeout=0.5)
+        summary = run(
+            tmp_path,
+            teacher=teacher,
+            teacher_backend="openai",
+            stages=["critique"],
+            max_records=6,
+            initial_response_field="initial_response",
+        )
+        counts = summary["stages"]["critique"]
+        assert counts["generated"] == 5 and counts["failed"] == 1
+        assert summary["failed"] == {"critique": 1}
+        lines = {e["id"]: e for e in read_jsonl(tmp_path / "out" / "critique.jsonl")}
+        assert [lines[r["id"]]["attempts"] for r in recs if r["id"] in lines] == [3, 2, 3, 1, 1]
+        failures = read_jsonl(tmp_path / "out" / "critique.failures.jsonl")
+        assert [f["id"] for f in failures] == [recs[3]["id"]]
+        assert failures[0]["attempts"] == 4 and "500" in failures[0]["error"]
+        assert server.counts()[critique_key(recs[3])] == 4
+
+        server.faults.clear()
+        # The next run sends only the failed request, which now succeeds; the failure file goes away.
+        again = run(
+            tmp_path,
+            teacher=fast_openai(server.base_url),
+            teacher_backend="openai",
+            stages=["critique"],
+            max_records=6,
+            initial_response_field="initial_response",
+        )
+        assert again["stages"]["critique"]["generated"] == 1 and again["stages"]["critique"]["cached"] == 5
+        assert not (tmp_path / "out" / "critique.failures.jsonl").exists()
+        counts = server.counts()
+        assert counts[critique_key(recs[3])] == 5  # 4 failed attempts, then one success
+        assert all(counts[critique_key(r)] == n for r, n in zip(recs, [3, 2, 3, 5, 1, 1]))
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    hello = [Request("x", messages=[{"role": "user", "content": "hi"}])]
+    with ScriptedServer(faults={"hi": [401, 401]}) as server:
+        (unauthorized,) = list(fast_openai(server.base_url).generate(hello))
+        (missing,) = list(fast_openai(server.base_url.replace("/v1", "/nowhere")).generate(hello))
+        assert server.counts()["hi"] == 1
+    assert not unauthorized.ok and unauthorized.attempts == 1 and "401" in unauthorized.error
+    assert not missing.ok and missing.attempts == 1 and "404" in missing.error
+
+
+def test_thinking_is_removed_and_missing_verdicts_are_counted(tmp_path):
+    def reply(messages):
+        question = messages[-1]["content"]
+        if "Ravi" in question:
+            return "<think>I keep thinking and never stop"
+        if "bus" in question:
+            return "<think>Check 45 × 4 first.</think>\nThe product is fine.\nConclusion: right"
+        return "The steps look plausible."  # no verdict line
+
+    with ScriptedServer(reply=reply) as server:
+        summary = run(
+            tmp_path,
+            teacher=fast_openai(server.base_url),
+            teacher_backend="openai",
+            stages=["critique"],
+            max_records=6,
+            initial_response_field="initial_response",
+        )
+    lines = {e["id"]: e for e in read_jsonl(tmp_path / "out" / "critique.jsonl")}
+    bus = next(r for r in DEMO[:6] if "bus" in r["prompt"])
+    assert lines[bus["id"]]["text"] == "The product is fine.\nConclusion: right"
+    assert lines[bus["id"]]["raw"].startswith("<think>") and lines[bus["id"]]["verdict"] == "right"
+    failures = read_jsonl(tmp_path / "out" / "critique.failures.jsonl")
+    ravi = [r["id"] for r in DEMO[:6] if "Ravi" in r["prompt"]]
+    assert [f["id"] for f in failures] == ravi and "once thinking is removed" in failures[0]["error"]
+    verdicts = [e["verdict"] for e in lines.values()]
+    assert verdicts.count(None) == 6 - len(ravi) - verdicts.count("right")
+    assert summary["stages"]["critique"]["failed"] == len(ravi)
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------------
+
+
+def test_api_key_is_used_but_never_written(tmp_path, monkeypatch, capfd, caplog):
+    secret = "sk-cgd-test-5f0c2b7e9a1d4c3b8e6f"
+    monkeypatch.setenv("CGD_TEST_TEACHER_KEY", secret)
+    faults = {critique_key(DEMO[0]): [500] * 10}
+    with ScriptedServer(faults=faults) as server:
+        summary = run(
+            tmp_path,
+            teacher_backend="openai",
+            teacher_model="teacher",
+            teacher_base_url=server.base_url,
+            teacher_api_key_env="CGD_TEST_TEACHER_KEY",
+            max_retries=1,
+            backoff_base=0.01,
+            max_records=4,
+            stages=["critique", "refine"],
+            initial_response_field="initial_response",
+        )
+        assert set(server.auth_headers) == {f"Bearer {secret}"}
+    assert summary["failed"] == {"critique": 1, "refine": 0}
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(written) == 5  # critique, its failures, refine, records, summary
+    for path in written:
+        assert secret not in path.read_text("utf-8"), path
+    output = capfd.readouterr()
+    assert secret not in output.out + output.err + caplog.text
+
+
+def test_backend_masks_the_key_in_errors(monkeypatch):
+    secret = "sk-cgd-test-echo-0000111122223333"
+    monkeypatch.setenv("CGD_TEST_KEY", secret)
+    backend = OpenAIBackend("m", api_key_env="CGD_TEST_KEY")
+    assert backend._mask(f"Unauthorized: key {secret} rejected") == "Unauthorized: key *** rejected"
+    assert secret not in json.dumps(backend.describe())
+
+
+# --- kill -9 in the middle of a stage --------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_stage_then_resume(tmp_path):
+    n = 48
+    out = tmp_path / "out"
+    args = [
+        "--dataset_name", "builtin:demo",
+        "--id_field", "id",
+        "--max_records", str(n),
+        "--output_dir", str(out),
+        "--student_backend", "demo",
+        "--teacher_backend", "openai",
+        "--teacher_model", "teacher",
+        "--concurrency", "4",
+    ]  # fmt: skip
+    with ScriptedServer(delay=0.05) as server:
+        env = {**os.environ, "OPENAI_API_KEY": "unused"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cgd_trainer.cli", "generate", *args, "--teacher_base_url", server.base_url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        critiques = out / "critique.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if critiques.exists() and critiques.read_text("utf-8").count("\n") >= 12:
+                break
+            assert process.poll() is None, "the pipeline finished before it could be killed"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        finished = {e["id"] for e in StageStore(critiques).entries.values()}
+        assert 12 <= len(finished) < n
+        sent_before = sum(server.counts().values())
+
+        cli_main([*args, "--teacher_base_url", server.base_url])
+
+        records = read_jsonl(out / "records.jsonl")
+        assert [r["id"] for r in records] == [r["id"] for r in DEMO[:n]]  # every record once, in order
+        ids = {r["prompt"]: r["id"] for r in DEMO[:n]}
+        critique_counts, refine_counts = Counter(), Counter()
+        for content, count in server.counts().items():
+            question = content.removeprefix("### Question\n").split("\n\n### Student's answer\n")[0]
+            stage_counts = refine_counts if "\n\n### Critique\n" in content else critique_counts
+            stage_counts[ids[question]] += count
+        # No finished request was sent again; only those in flight at the kill (at most `concurrency`) were repeated.
+        assert all(critique_counts[record_id] == 1 for record_id in finished)
+        repeated = [record_id for record_id, count in critique_counts.items() if count > 1]
+        assert len(repeated) <= 4 and max(critique_counts.values()) <= 2
+        assert len(critique_counts) == n and sum(critique_counts.values()) == sent_before + n - len(finished)
+        assert len(refine_counts) == n and set(refine_counts.values()) == {1}
