@@ -43,7 +43,10 @@ STAGE_FIELDS = {
 }
 
 _FIELD_RE = re.compile(r"\{(question|initial_response|critique|system|user)\}")
-_VERDICT_RE = re.compile(r"^[\s>*_#-]*conclusion\s*[:：]\s*[*_`]*\s*(right|wrong)\b", re.IGNORECASE)
+# A whole line: optional markdown around `Conclusion:` and the verdict, a trailing period, CFT's `[END]` marker.
+_VERDICT_RE = re.compile(
+    r"^[\s>#*_`-]*conclusion[\s*_`]*[:：][\s*_`]*(right|wrong)\b[\s*_`.!]*(?:\[end\])?[\s*_`.!]*$", re.IGNORECASE
+)
 
 
 def template_id(*texts: str | None) -> str:
@@ -99,12 +102,13 @@ def parse_verdict(text: str | None) -> str | None:
     """
     The verdict of a critique: `"right"` or `"wrong"` from its last `Conclusion: right|wrong` line, else `None`.
 
-    Markdown emphasis around the line or the word (`**Conclusion:** wrong`) and a trailing period are tolerated.
+    Case is ignored; markdown emphasis (`**Conclusion:** wrong`), a trailing period and CFT's `[END]` marker are
+    tolerated. A line where other words follow the verdict (`Conclusion: right, but ...`) does not count.
     """
     if not text:
         return None
-    for line in reversed(text.strip().splitlines()):
-        match = _VERDICT_RE.match(line.replace("**", "").replace("__", ""))
+    for line in reversed(text.splitlines()):
+        match = _VERDICT_RE.match(line.strip())
         if match:
             return match.group(1).lower()
     return None
