@@ -19,9 +19,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The whole method offline: generate CGD data (demo student and teacher), build the training sets, train a tiny model.
+DEMO_DATA ?= outputs/cgd-demo/data
+
 demo: install
+	$(VENV)/bin/cgd generate --config examples/pipeline/demo.yaml --output_dir $(DEMO_DATA)
+	$(VENV)/bin/cgd build --input $(DEMO_DATA)/records.jsonl --output_dir $(DEMO_DATA)/sets
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		examples/train.py $(DEMO_ARGS)
+		examples/train.py --dataset_name $(DEMO_DATA)/sets/cgd.jsonl $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest
@@ -31,6 +36,7 @@ bench: install
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/padding.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/pipeline_client.py
 
 quality: install
 	$(PY) -m ruff check src tests examples benchmarks

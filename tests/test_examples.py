@@ -261,6 +261,10 @@ def test_cgd_demo_command(tmp_path):
         ]
     )
     assert "CGD training summary" in log and (output / "model.safetensors").exists()
+    # The whole chain ran: generated records, the built sets, and training on the CGD set.
+    assert "CGD generation summary (256 questions)" in log and "records written: 256" in log
+    assert (output / "data" / "records.jsonl").exists() and (output / "data" / "sets" / "cgd.jsonl").exists()
+    assert "records used: 256" in log
 
 
 def test_cli_usage(capsys):

@@ -397,3 +397,57 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
         assert len(repeated) <= 4 and max(critique_counts.values()) <= 2
         assert len(critique_counts) == n and sum(critique_counts.values()) == sent_before + n - len(finished)
         assert len(refine_counts) == n and set(refine_counts.values()) == {1}
+
+
+# --- recipes and the whole offline chain ---------------------------------------------------------------------------
+
+PIPELINE_RECIPES = sorted((Path(__file__).parent.parent / "examples" / "pipeline").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", PIPELINE_RECIPES, ids=lambda p: p.name)
+def test_pipeline_recipes_parse(recipe):
+    from cgd_trainer.generate import make_parser
+
+    (config,) = make_parser().parse_args_and_config(args=["--config", str(recipe)], fail_with_unknown_args=True)
+    assert config.stages == ["probe", "critique", "refine"] and config.temperature == 0.0
+    if config.vllm_kwargs is not None:
+        assert isinstance(config.vllm_kwargs, dict)
+
+
+def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
+    from cgd_trainer.build import cli_main as build_main
+    from cgd_trainer.train import cli_main as train_main
+
+    data = tmp_path / "data"
+    # A real local student (the tiny model, greedy) and the offline teacher.
+    cli_main(
+        [
+            "--config", str(Path(__file__).parent.parent / "examples" / "pipeline" / "demo.yaml"),
+            "--output_dir", str(data),
+            "--student_backend", "transformers",
+            "--student_model", tiny_dirs["chatml"],
+            "--max_new_tokens", "12",
+            "--max_records", "24",
+        ]
+    )  # fmt: skip
+    records = read_jsonl(data / "records.jsonl")
+    assert len(records) == 24 and records[0]["provenance"]["student"]["model"] == tiny_dirs["chatml"]
+    build_main(["--input", str(data / "records.jsonl"), "--output_dir", str(data / "sets"), "--ratios", "none"])
+    for condition in ("cgd", "irrelevant_critique", "no_critique", "cft"):
+        trainer = train_main(
+            [
+                "--config", str(Path(__file__).parent.parent / "examples" / "recipes" / "tiny" / "cpu.yaml"),
+                "--model_name_or_path", tiny_dirs["chatml"],
+                "--dataset_name", str(data / "sets" / f"{condition}.jsonl"),
+                "--output_dir", str(tmp_path / condition),
+                "--max_steps", "2",
+                "--save_strategy", "no",
+                "--logging_steps", "1",
+            ]
+        )  # fmt: skip
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        assert len(losses) == 2 and all(loss > 0 for loss in losses), condition
+        # Only the target is trained: every labelled token belongs to the completion.
+        labels = trainer.train_dataset[0]["labels"] if "labels" in trainer.train_dataset.column_names else None
+        if labels is not None:
+            assert 0 < sum(label != -100 for label in labels) < len(labels)

@@ -17,9 +17,34 @@ BUILTIN_DATASETS = ("builtin:demo",)
 BUILTIN_SIZE = {"hidden_size": 128, "num_layers": 4}
 
 
+DEMO_DATA_DIR = "outputs/cgd-demo/data"
+
+
 def demo_recipe_path() -> Path:
     """Path of the demo recipe shipped inside the package (`examples/recipes/tiny/cpu.yaml` links to it)."""
     return Path(str(resources.files("cgd_trainer") / "recipes" / "demo.yaml"))
+
+
+def pipeline_demo_recipe_path() -> Path:
+    """Path of the offline pipeline recipe shipped inside the package (`examples/pipeline/demo.yaml` links to it)."""
+    return Path(str(resources.files("cgd_trainer") / "recipes" / "pipeline-demo.yaml"))
+
+
+def make_demo_data(data_dir: str = DEMO_DATA_DIR, max_records: int | None = None) -> Path:
+    """
+    Runs the offline data pipeline: `cgd generate` with the demo student and teacher, then `cgd build`.
+
+    Returns:
+        `Path`: The CGD training set (`<data_dir>/sets/cgd.jsonl`).
+    """
+    from .build import cli_main as build_main
+    from .generate import cli_main as generate_main
+
+    limit = [] if max_records is None else ["--max_records", str(max_records)]
+    generate_main(["--config", str(pipeline_demo_recipe_path()), "--output_dir", data_dir, *limit])
+    sets = Path(data_dir) / "sets"
+    build_main(["--input", str(Path(data_dir) / "records.jsonl"), "--output_dir", str(sets)])
+    return sets / "cgd.jsonl"
 
 
 def load_builtin_dataset(name: str, streaming: bool = False):
@@ -92,8 +117,17 @@ def summarize(trainer) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    """`cgd demo [flags]`: the demo recipe, with any flag overriding it (e.g. `--max_steps 5`)."""
+    """
+    `cgd demo [flags]`: the whole method offline — generate (probe → critique → refine), build the training sets, then
+    train with the demo recipe; any flag overrides the training recipe (e.g. `--max_steps 5`).
+    """
     from .train import cli_main as train_main
+    from .train import make_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    train_main(["--config", str(demo_recipe_path()), *argv], prog="cgd demo")
+    # The data goes under the training run's folder: `<output_dir>/data`.
+    _, training_args, _, _ = make_parser().parse_args_and_config(
+        args=["--config", str(demo_recipe_path()), *argv], fail_with_unknown_args=False
+    )
+    cgd_file = make_demo_data(str(Path(training_args.output_dir) / "data"))
+    train_main(["--config", str(demo_recipe_path()), "--dataset_name", str(cgd_file), *argv], prog="cgd demo")
