@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +84,12 @@ def pipeline_stage(base_url: str, model: str, data: Path, n: int, max_tokens: in
         return summary["stages"]["critique"].get("generated", 0)
 
 
+def _scripted_server(delay: float, urls) -> None:
+    with ScriptedServer(delay=delay) as server:
+        urls.put(server.base_url)
+        threading.Event().wait()
+
+
 def measure(runs: dict, repeats: int) -> dict[str, float]:
     """
     Median requests/s of each client over `repeats` rounds, after one warm-up run each. Clients take turns within a
@@ -137,9 +145,16 @@ def main() -> None:
     rows = []
     with transformers_serve(model_dir, workdir / "serve.log") as url:
         rows.append(("transformers serve (tiny model, CPU)", measure(clients(url, model_dir), options.repeats)))
-    with ScriptedServer(delay=options.delay) as server:
+    # The scripted server runs in its own process, so that it does not compete with the clients for the GIL.
+    context = multiprocessing.get_context("fork")
+    urls = context.Queue()
+    server = context.Process(target=_scripted_server, args=(options.delay, urls), daemon=True)
+    server.start()
+    try:
         name = f"scripted server ({options.delay * 1000:.0f} ms per reply)"
-        rows.append((name, measure(clients(server.base_url, "m"), options.repeats)))
+        rows.append((name, measure(clients(urls.get(timeout=60), "m"), options.repeats)))
+    finally:
+        server.terminate()
 
     print(f"{n} chat requests, concurrency {c}, max_tokens {t}; median of {options.repeats} runs (requests/s)\n")
     print("| server | plain openai loop | OpenAIBackend | ratio | cgd generate stage | ratio |")

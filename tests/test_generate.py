@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from datasets import load_dataset
 
 from cgd_trainer.backends import OpenAIBackend, Request, Sampling, TransformersBackend, make_backend
 from cgd_trainer.demo_data import demo_data_path
@@ -103,6 +104,10 @@ def test_full_run_then_rerun_is_all_cached(tmp_path):
     assert all(r["verdict"] == parse_verdict(r["critique"]) for r in records)
     assert records[0]["provenance"]["student"] == {"backend": "demo", "model": "cgd-demo", "prompt_format": "chat"}
     assert set(records[0]["provenance"]["templates"]) == {"probe", "critique", "refine"}
+    # Every file the pipeline writes loads with `datasets`.
+    for name in ("probe", "critique", "refine", "records"):
+        loaded = load_dataset("json", data_files=str(tmp_path / "out" / f"{name}.jsonl"), split="train")
+        assert len(loaded) == 20
     second = run(tmp_path, max_records=20)
     assert [second["stages"][s].get("generated", 0) for s in ("probe", "critique", "refine")] == [0, 0, 0]
     assert [second["stages"][s]["cached"] for s in ("probe", "critique", "refine")] == [20, 20, 20]
@@ -451,3 +456,52 @@ def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
         labels = trainer.train_dataset[0]["labels"] if "labels" in trainer.train_dataset.column_names else None
         if labels is not None:
             assert 0 < sum(label != -100 for label in labels) < len(labels)
+
+
+# --- vLLM: the real engine needs CUDA, so only the mapping onto its API is checked here ------------------------------
+
+
+def test_vllm_backend_needs_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail, as on a machine without it
+    with pytest.raises(ImportError, match=r"cgd-trainer\[vllm\].*`openai` backend"):
+        make_backend("vllm", "some/model")
+
+
+def test_vllm_backend_maps_requests_onto_llm_chat(monkeypatch):
+    # A stand-in for the `vllm` module that records how it is called (vLLM itself cannot run on this CPU machine).
+    import types
+
+    calls = {}
+
+    class Output:
+        def __init__(self, text):
+            self.text, self.token_ids = text, [1] * len(text.split())
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["init"] = (model, kwargs)
+
+        def chat(self, conversations, params, use_tqdm):
+            calls.setdefault("chat", []).append((len(conversations), params))
+            return [
+                types.SimpleNamespace(prompt_token_ids=[0, 0], outputs=[Output(f"reply {i}") for i in range(params.n)])
+                for _ in conversations
+            ]
+
+    fake = types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kwargs: types.SimpleNamespace(**kwargs))
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    backend = make_backend(
+        "vllm", "org/model", tensor_parallel_size=4, data_parallel_size=2, chunk_size=3,
+        llm_kwargs={"max_model_len": 8192},
+    )  # fmt: skip
+    assert calls["init"] == ("org/model", {"max_model_len": 8192, "tensor_parallel_size": 4, "data_parallel_size": 2})
+    requests = [
+        Request(str(i), messages=[{"role": "user", "content": f"q{i}"}], sampling=Sampling(max_tokens=64, n=2))
+        for i in range(5)
+    ]
+    replies = list(backend.generate(requests))
+    assert [r.request.id for r in replies] == ["0", "1", "2", "3", "4"]
+    assert replies[0].texts == ["reply 0", "reply 1"] and replies[0].completion_tokens == 4
+    assert [n for n, _ in calls["chat"]] == [3, 2]  # chunks of chunk_size, so results reach the disk as they finish
+    params = calls["chat"][0][1]
+    assert (params.n, params.temperature, params.top_p, params.max_tokens) == (2, 0.0, 1.0, 64)
