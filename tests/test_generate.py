@@ -402,6 +402,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
         assert len(repeated) <= 4 and max(critique_counts.values()) <= 2
         assert len(critique_counts) == n and sum(critique_counts.values()) == sent_before + n - len(finished)
         assert len(refine_counts) == n and set(refine_counts.values()) == {1}
+        print(f"kill -9 after {len(finished)}/{n} critiques; {len(repeated)} in-flight requests sent again")
 
 
 # --- recipes and the whole offline chain ---------------------------------------------------------------------------
