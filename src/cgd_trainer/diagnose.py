@@ -1,0 +1,455 @@
+r"""`cgd diagnose`: how much a critique reduces the model's uncertainty about the refined answer.
+
+For each CGD record `(x, y', c, ŷ)` the model scores the refined answer `ŷ` token by token in three contexts:
+
+| condition | context |
+|---|---|
+| `question` | x |
+| `question+initial` | x, y' |
+| `question+initial+critique` | x, y', c (the CGD training context, rendered by `CritiqueCollator`) |
+
+and reports the mean negative log-likelihood (NLL, nats per token) of the refined-answer tokens and the mean entropy of
+the model's predictive distribution at those positions. The paper's argument is that the critique makes `ŷ` much more
+predictable (lower NLL and entropy), so CGD learns a low-uncertainty refinement mapping; this command measures it for
+your model and data.
+
+The refined answer is tokenized once, on its own, and appended to each context's tokens, so the scored tokens are
+identical across the three conditions. The two shorter contexts use this module's renderings, built on the same chat
+template and section layout as the CGD context (an instruction, then `### Question` / `### Student's initial answer`
+sections), with an instruction that fits what is shown.
+
+```bash
+cgd diagnose --model runs/qwen-cgd --dataset data/cgd.jsonl --max_records 500 --output_dir diagnose/
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .collator import CritiqueCollator
+from .formatting import DEFAULT_INSTRUCTION, PLAIN_ANSWER_HEADER, fill_template
+from .report import markdown_table
+
+logger = logging.getLogger(__name__)
+
+CONDITIONS = ("question", "question+initial", "question+initial+critique")
+
+# Instructions of the two shorter contexts: the CGD instruction's style, without the parts that are not shown.
+QUESTION_INSTRUCTION = (
+    "Below is a question. Write a complete and correct answer to it, spelling out every step of the reasoning."
+)
+ATTEMPT_INSTRUCTION = (
+    "Below are a question and a student's first attempt at it. Write a complete and correct answer to the question: "
+    "keep what the attempt got right, fix its mistakes, and spell out any step that was missing."
+)
+# The last turn of the `multi_turn` layout without a critique: the draft is the model's own previous turn.
+ATTEMPT_FOLLOW_UP = (
+    "Write a complete and correct answer to the question: keep what your attempt got right, fix its mistakes, and "
+    "spell out any step that was missing."
+)
+QUESTION_TEMPLATE = "{instruction}\n\n### Question\n{question}"
+ATTEMPT_TEMPLATE = "{instruction}\n\n### Question\n{question}\n\n### Student's initial answer\n{initial_response}"
+
+
+@dataclass
+class DiagnoseConfig:
+    """
+    Configuration of `cgd diagnose` (YAML with `--config`, flags override it).
+
+    Args:
+        model (`str`): Hub id or local folder of the model to probe (a training checkpoint works), or
+            `builtin:tiny-chatml` and friends.
+        dataset (`str`): CGD records: a JSONL/JSON/Parquet file, a hub dataset, or `builtin:demo`.
+        dataset_split (`str`): Split of a hub dataset (local files have `train`).
+        prompt_field, initial_response_field, critique_field, refined_response_field (`str`): Record columns.
+        layout (`str`): CGD layout of the full context (`auto`, `single_turn`, `multi_turn`, `plain`), as in training.
+        cgd_instruction, cgd_template, cgd_critique_template (`str`, *optional*): The CGD wording, if training used a
+            custom one (see [`CGDConfig`]); the two shorter contexts keep this module's wording.
+        max_records (`int`, *optional*): Score only the first records.
+        max_length (`int`, *optional*): Records whose longest sequence exceeds it are skipped (and counted).
+        batch_size (`int`): Sequences per forward pass.
+        dtype (`str`): `auto`, `bfloat16`, `float16` or `float32`.
+        device (`str`, *optional*): Defaults to CUDA when available.
+        trust_remote_code (`bool`): Allow custom model code.
+        output_dir (`str`): Where `diagnose.json`, `diagnose.md` and `diagnose_records.jsonl` go.
+    """
+
+    model: str | None = field(default=None, metadata={"help": "Model to probe."})
+    dataset: str = field(default="builtin:demo", metadata={"help": "CGD records (file, hub id or builtin:demo)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of the dataset."})
+    prompt_field: str = field(default="prompt", metadata={"help": "Question column."})
+    initial_response_field: str = field(default="initial_response", metadata={"help": "Initial answer column."})
+    critique_field: str = field(default="critique", metadata={"help": "Critique column."})
+    refined_response_field: str = field(default="refined_response", metadata={"help": "Refined answer column."})
+    layout: str = field(default="auto", metadata={"help": "auto, single_turn, multi_turn or plain."})
+    cgd_instruction: str | None = field(default=None, metadata={"help": "Custom CGD instruction used in training."})
+    cgd_template: str | None = field(default=None, metadata={"help": "Custom CGD context template."})
+    cgd_critique_template: str | None = field(default=None, metadata={"help": "Custom multi-turn critique turn."})
+    max_records: int | None = field(default=None, metadata={"help": "First records only."})
+    max_length: int | None = field(default=None, metadata={"help": "Skip records longer than this (tokens)."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    device: str | None = field(default=None, metadata={"help": "Device."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code."})
+    output_dir: str = field(default="diagnose_output", metadata={"help": "Output folder."})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}.")
+        if self.max_records is not None and self.max_records < 1:
+            raise ValueError(f"`max_records` must be at least 1, got {self.max_records}.")
+
+
+def _split_prompt(prompt: Any) -> tuple[list[dict[str, str]], str]:
+    # A prompt is a string, or chat messages whose last one is the question (as in CritiqueCollator).
+    if isinstance(prompt, list):
+        history = [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]]
+        return history, prompt[-1]["content"]
+    return [], prompt
+
+
+def render_contexts(record: Mapping[str, Any], collator: CritiqueCollator, layout: str, index: int | None = None):
+    """
+    Renders the three contexts of one CGD record.
+
+    Args:
+        record (`Mapping`): The CGD record.
+        collator ([`CritiqueCollator`]): Renders the full CGD context (and validates the record).
+        layout (`str`): `single_turn`, `multi_turn` or `plain`.
+        index (`int`, *optional*): Position of the record, for error messages.
+
+    Returns:
+        `dict`: `{condition: prompt}`, chat messages (without the answer) for chat layouts, text for `plain`.
+    """
+    full = collator.format(record, layout, index=index, dataset_name="diagnose")["prompt"]
+    history, question = _split_prompt(record[collator.prompt_field])
+    initial = record[collator.initial_response_field]
+    question_text = fill_template(QUESTION_TEMPLATE, instruction=QUESTION_INSTRUCTION, question=question)
+    attempt_text = fill_template(
+        ATTEMPT_TEMPLATE, instruction=ATTEMPT_INSTRUCTION, question=question, initial_response=initial
+    )
+    if layout == "plain":
+        system = "".join(message["content"] + "\n\n" for message in history)
+        return {
+            CONDITIONS[0]: system + question_text + PLAIN_ANSWER_HEADER,
+            CONDITIONS[1]: system + attempt_text + PLAIN_ANSWER_HEADER,
+            CONDITIONS[2]: full,
+        }
+    if layout == "multi_turn":
+        # The CGD context is question / draft / critique-and-instruction turns: drop the critique from the last turn.
+        attempt = history + [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": initial},
+            {"role": "user", "content": ATTEMPT_FOLLOW_UP},
+        ]
+    else:
+        attempt = history + [{"role": "user", "content": attempt_text}]
+    return {
+        CONDITIONS[0]: history + [{"role": "user", "content": question_text}],
+        CONDITIONS[1]: attempt,
+        CONDITIONS[2]: full,
+    }
+
+
+def context_ids(prompt: list[dict[str, str]] | str, tokenizer) -> list[int]:
+    """
+    Token ids of a context, up to where the answer starts: the chat template with its generation prompt, or the
+    plain text with the tokenizer's special tokens (a base model's bos).
+
+    Args:
+        prompt (`list[dict]` or `str`): Chat messages or plain text.
+        tokenizer: The model's tokenizer.
+
+    Returns:
+        `list[int]`
+    """
+    if isinstance(prompt, list):
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def target_ids(refined: str, tokenizer) -> list[int]:
+    """The refined answer's tokens, on their own: the same ids are appended to every context."""
+    return list(tokenizer(refined, add_special_tokens=False)["input_ids"])
+
+
+def score_sequences(
+    model, pairs: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 8
+) -> list[tuple[list[float], list[float]]]:
+    """
+    Per-token NLL and predictive entropy of each target given its context.
+
+    Args:
+        model: A causal LM.
+        pairs (`Sequence[tuple[list[int], list[int]]]`): `(context ids, target ids)`; the target is scored.
+        pad_token_id (`int`): Right-padding id (masked out).
+        batch_size (`int`): Sequences per forward pass.
+
+    Returns:
+        `list[tuple[list[float], list[float]]]`: For each pair, the NLL (nats) and the entropy (nats) at each target
+        token, in input order.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    results: list[tuple[list[float], list[float]] | None] = [None] * len(pairs)
+    # Similar lengths together: less padding.
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        sequences = [pairs[i][0] + pairs[i][1] for i in indices]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        for row, i in enumerate(indices):
+            context, target = pairs[i]
+            if not target:
+                results[i] = ([], [])
+                continue
+            # The logits at position t predict token t + 1.
+            positions = slice(len(context) - 1, len(context) + len(target) - 1)
+            log_probs = torch.log_softmax(logits[row, positions].float(), dim=-1)
+            labels = torch.tensor(target, device=log_probs.device)
+            nll = -log_probs.gather(-1, labels[:, None]).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            results[i] = (nll.tolist(), entropy.tolist())
+    return results  # type: ignore[return-value]
+
+
+def _load_records(config: DiagnoseConfig) -> list[dict[str, Any]]:
+    from .train import load_source
+
+    dataset = load_source(config.dataset)
+    if config.dataset_split not in dataset:
+        raise ValueError(
+            f"The dataset {config.dataset} has no split {config.dataset_split!r}; it has {list(dataset)}."
+        )
+    split = dataset[config.dataset_split]
+    if config.max_records is not None:
+        split = split.select(range(min(config.max_records, len(split))))
+    return [dict(row) for row in split]
+
+
+def _summary_stats(values: list[list[float]]) -> dict[str, float | None]:
+    pooled = [v for row in values for v in row]
+    per_record = [statistics.fmean(row) for row in values if row]
+    return {
+        "mean": statistics.fmean(pooled) if pooled else None,
+        "mean_per_record": statistics.fmean(per_record) if per_record else None,
+    }
+
+
+def _reduction(before: float | None, after: float | None) -> dict[str, float | None]:
+    if before is None or after is None:
+        return {"absolute": None, "relative": None}
+    return {"absolute": before - after, "relative": (before - after) / before if before else None}
+
+
+def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, Any]:
+    """
+    Runs the refinement-uncertainty diagnostic and writes `diagnose.json`, `diagnose.md` and
+    `diagnose_records.jsonl` to `config.output_dir`.
+
+    Args:
+        config ([`DiagnoseConfig`]): The configuration.
+        model, tokenizer (*optional*): An already loaded model and tokenizer (then `config.model` only labels them).
+
+    Returns:
+        `dict`: The summary: per condition the mean NLL and entropy (pooled over tokens, and averaged per record),
+        the reductions the critique brings, and counts.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if model is None or tokenizer is None:
+        if not config.model:
+            raise ValueError("Set `model` (a hub id, a local folder or `builtin:tiny-chatml`).")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .demo import BUILTIN_PREFIX, prepare_builtin_model
+
+        path = config.model
+        if path.startswith(BUILTIN_PREFIX):
+            path = prepare_builtin_model(path, str(output_dir))
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code).to(
+            device
+        )
+    model.eval()
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_token_id is None:
+        pad_token_id = 0  # padded positions are masked and never scored
+
+    collator = CritiqueCollator(
+        processing_class=tokenizer,
+        layout=config.layout,
+        instruction=config.cgd_instruction or DEFAULT_INSTRUCTION,
+        template=config.cgd_template,
+        critique_template=config.cgd_critique_template,
+        prompt_field=config.prompt_field,
+        initial_response_field=config.initial_response_field,
+        critique_field=config.critique_field,
+        refined_response_field=config.refined_response_field,
+    )
+    layout = collator.resolve_layout()
+    records = _load_records(config)
+
+    pairs: list[tuple[list[int], list[int]]] = []
+    kept: list[tuple[int, dict[str, Any], int]] = []  # (record index, record, first pair index)
+    skipped_long = skipped_empty = 0
+    for index, record in enumerate(records):
+        contexts = render_contexts(record, collator, layout, index)
+        target = target_ids(record[config.refined_response_field], tokenizer)
+        if not target:
+            skipped_empty += 1
+            continue
+        ids = [context_ids(contexts[condition], tokenizer) for condition in CONDITIONS]
+        if config.max_length is not None and max(len(c) for c in ids) + len(target) > config.max_length:
+            skipped_long += 1
+            continue
+        kept.append((index, record, len(pairs)))
+        pairs.extend((context, target) for context in ids)
+    if skipped_long:
+        logger.warning("Skipped %d records longer than max_length=%s tokens.", skipped_long, config.max_length)
+    if not kept:
+        raise ValueError(f"No record of {config.dataset} could be scored (skipped: {skipped_long} too long).")
+
+    scores: list[tuple[list[float], list[float]]] = []
+    progress = tqdm(total=len(pairs), desc="diagnose", unit="sequence", file=sys.stderr)
+    for start in range(0, len(pairs), config.batch_size * 8):
+        chunk = pairs[start : start + config.batch_size * 8]
+        scores.extend(score_sequences(model, chunk, pad_token_id, config.batch_size))
+        progress.update(len(chunk))
+    progress.close()
+
+    nll: dict[str, list[list[float]]] = {c: [] for c in CONDITIONS}
+    entropy: dict[str, list[list[float]]] = {c: [] for c in CONDITIONS}
+    with open(output_dir / "diagnose_records.jsonl", "w", encoding="utf-8") as handle:
+        for index, record, first in kept:
+            row: dict[str, Any] = {"index": index, "id": record.get("id"), "target_tokens": len(pairs[first][1])}
+            for offset, condition in enumerate(CONDITIONS):
+                token_nll, token_entropy = scores[first + offset]
+                nll[condition].append(token_nll)
+                entropy[condition].append(token_entropy)
+                row[condition] = {
+                    "context_tokens": len(pairs[first + offset][0]),
+                    "nll": statistics.fmean(token_nll),
+                    "entropy": statistics.fmean(token_entropy),
+                }
+            handle.write(json.dumps(row) + "\n")
+
+    conditions = {}
+    for condition in CONDITIONS:
+        n, h = _summary_stats(nll[condition]), _summary_stats(entropy[condition])
+        conditions[condition] = {
+            "mean_nll": n["mean"],
+            "mean_entropy": h["mean"],
+            "perplexity": math.exp(n["mean"]) if n["mean"] is not None else None,
+            "mean_nll_per_record": n["mean_per_record"],
+            "mean_entropy_per_record": h["mean_per_record"],
+        }
+    q, qa, qac = (conditions[c] for c in CONDITIONS)
+    summary = {
+        "model": config.model or getattr(model, "name_or_path", None),
+        "dataset": config.dataset,
+        "layout": layout,
+        "records": len(kept),
+        "target_tokens": sum(len(pairs[first][1]) for _, _, first in kept),
+        "skipped_too_long": skipped_long,
+        "skipped_empty_target": skipped_empty,
+        "conditions": conditions,
+        "critique_reduction": {
+            "nll": _reduction(qa["mean_nll"], qac["mean_nll"]),
+            "entropy": _reduction(qa["mean_entropy"], qac["mean_entropy"]),
+        },
+        "context_reduction": {
+            "nll": _reduction(q["mean_nll"], qac["mean_nll"]),
+            "entropy": _reduction(q["mean_entropy"], qac["mean_entropy"]),
+        },
+        "config": asdict(config),
+    }
+    (output_dir / "diagnose.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    (output_dir / "diagnose.md").write_text(render_markdown(summary), "utf-8")
+    return summary
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """
+    The markdown report of `cgd diagnose`.
+
+    Args:
+        summary (`Mapping`): What [`diagnose`] returns.
+
+    Returns:
+        `str`: The report.
+    """
+
+    def number(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    rows = [
+        [c, number(v["mean_nll"]), number(v["mean_entropy"]), number(v["perplexity"], 2)]
+        for c, v in summary["conditions"].items()
+    ]
+    reductions = []
+    for name, key in (
+        ("critique (x, y' → x, y', c)", "critique_reduction"),
+        ("all (x → x, y', c)", "context_reduction"),
+    ):
+        for metric in ("nll", "entropy"):
+            value = summary[key][metric]
+            reductions.append([name, metric, number(value["absolute"]), share(value["relative"])])
+    lines = [
+        "# Refinement uncertainty",
+        "",
+        f"Model `{summary['model']}` on `{summary['dataset']}` (layout {summary['layout']}): {summary['records']} "
+        f"records, {summary['target_tokens']} refined-answer tokens scored in each context "
+        f"({summary['skipped_too_long']} records skipped as too long). Means over tokens, in nats.",
+        "",
+        markdown_table(["context", "mean NLL", "mean entropy", "perplexity"], rows),
+        "",
+        "## Reduction",
+        "",
+        markdown_table(["from → to", "metric", "absolute", "relative"], reductions),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def make_parser(prog: str | None = "cgd diagnose"):
+    """The `TrlParser` of `cgd diagnose`."""
+    from trl import TrlParser
+
+    return TrlParser((DiagnoseConfig,), prog=prog)
+
+
+def cli_main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parses the command line (and YAML config) and runs `cgd diagnose`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    (config,) = make_parser().parse_args_and_config(args=list(sys.argv[1:] if argv is None else argv))
+    summary = diagnose(config)
+    print(render_markdown(summary))
+    print(f"Written to {Path(config.output_dir) / 'diagnose.md'}")
+    return summary
