@@ -36,7 +36,7 @@ config, out = json.loads(sys.argv[1]), sys.argv[2]
 
 class Timer(TrainerCallback):
     def __init__(self):
-        self.times, self.tokens, self.trained = [], [], []
+        self.times, self.tokens, self.trained, self.padded = [], [], [], []
     def on_step_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
     def on_step_end(self, args, state, control, **kwargs):
@@ -49,12 +49,14 @@ original = workflow.SFTDataCollatorWith4DAttentionMask.__call__
 def counting_call(self, features):
     batch = original(self, features)
     timer.tokens.append(int(batch["attention_mask"].bool().sum()))
+    timer.padded.append(batch["input_ids"].numel())
     timer.trained.append(int((batch["labels"] != -100).sum()))
     return batch
 workflow.SFTDataCollatorWith4DAttentionMask.__call__ = counting_call
 run_exp(config, callbacks=[timer])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-json.dump({"times": timer.times, "tokens": timer.tokens, "trained": timer.trained, "peak_mib": peak}, open(out, "w"))
+result = {"times": timer.times, "tokens": timer.tokens, "trained": timer.trained, "padded": timer.padded}
+json.dump({**result, "peak_mib": peak}, open(out, "w"))
 """
 
 # Runs in this project's environment: CGDTrainer on the CGD columns, same settings, same timing.
@@ -85,17 +87,19 @@ args = CGDConfig(
 )
 timer = Timer()
 trainer = CGDTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
-tokens, trained = [], []
+tokens, trained, padded = [], [], []
 collate = trainer.data_collator
 def counting(features):
     batch = collate(features)
     tokens.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel())
     trained.append(int((batch["labels"] != -100).sum()))
+    padded.append(batch["input_ids"].numel())
     return batch
 trainer.data_collator = counting
 trainer.train()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-json.dump({"times": timer.times, "tokens": tokens, "trained": trained, "peak_mib": peak}, open(out, "w"))
+result = {"times": timer.times, "tokens": tokens, "trained": trained, "padded": padded}
+json.dump({**result, "peak_mib": peak}, open(out, "w"))
 """
 
 
@@ -184,17 +188,21 @@ def main() -> None:
         f"model h{options.hidden} x {options.layers} layers (ChatML), 256 demo CGD records, batch 8, max length 1024, "
         f"fp32, CPU ({os.cpu_count()} cores); {options.steps} steps x {options.repeats} runs, median of steps 3+\n"
     )
-    print("| framework | tokens/step | trained tokens/step | ms/step | tokens/s | trained tokens/s | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| framework | tokens/step | padded batch size (tokens) | trained tokens/step | ms/step | tokens/s | "
+        "trained tokens/s | peak RSS (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     rates = {}
     for name, runs in results.items():
         step = statistics.median(t for r in runs for t in r["times"][2:])
         tokens = statistics.mean(t for r in runs for t in r["tokens"][: options.steps])
         trained = statistics.mean(t for r in runs for t in r["trained"][: options.steps])
+        padded = statistics.mean(t for r in runs for t in r["padded"][: options.steps])
         peak = max(r["peak_mib"] for r in runs)
         rates[name] = (tokens / step, trained / step)
         print(
-            f"| {name} | {tokens:.0f} | {trained:.0f} | {step * 1000:.1f} | {tokens / step:.0f} | "
+            f"| {name} | {tokens:.0f} | {padded:.0f} | {trained:.0f} | {step * 1000:.1f} | {tokens / step:.0f} | "
             f"{trained / step:.0f} | {peak:.0f} |"
         )
     (lf_rate, lf_trained), (cgd_rate, cgd_trained) = rates[names[0]], rates[names[1]]
