@@ -41,29 +41,35 @@ def _config(output_dir: str, steps: int, packing: bool) -> CGDConfig:
     )
 
 
-def _run(kind: str, data: dict, tokenizer, size: tuple[int, int], steps: int, packing: bool) -> dict:
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = _config(output_dir, steps, packing)
-        model = build_model(tokenizer, "chatml", hidden_size=size[0], num_layers=size[1])
-        trainer_cls = CGDTrainer if kind == "CGDTrainer" else SFTTrainer
-        trainer = trainer_cls(model=model, args=args, train_dataset=data[kind], processing_class=tokenizer)
-        timer = StepTimer()
-        trainer.add_callback(timer)
-        trainer.remove_callback(PrinterCallback)
-        tokens = trained = 0
-        for batch in list(trainer.get_train_dataloader())[:steps]:
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            trained += int((batch["labels"] != -100).sum())
-        trainer.train()
-    # The first steps pay for allocation and thread start-up; the rest are pooled over repeats.
-    return {"steps": timer.times[2:], "tokens": tokens / steps, "trained": trained / steps}
+def _trainer(kind: str, data: dict, tokenizer, size: tuple[int, int], steps: int, packing: bool, output_dir: str):
+    """Builds one trainer and counts the tokens of the batches it will train on."""
+    args = _config(output_dir, steps, packing)
+    model = build_model(tokenizer, "chatml", hidden_size=size[0], num_layers=size[1])
+    trainer_cls = CGDTrainer if kind == "CGDTrainer" else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=data[kind], processing_class=tokenizer)
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    trainer.remove_callback(PrinterCallback)
+    tokens = trained = 0
+    for batch in list(trainer.get_train_dataloader())[:steps]:
+        mask = batch.get("attention_mask")
+        tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        trained += int((batch["labels"] != -100).sum())
+    return {"trainer": trainer, "timer": timer, "tokens": tokens / steps, "trained": trained / steps, "steps": []}
+
+
+def _train_once(run: dict) -> None:
+    # The trainer is reused across repeats (same batches, same seed); each `train()` call is one timed run. The first
+    # two steps of a run pay for thread start-up and are left out.
+    run["timer"].times.clear()
+    run["trainer"].train()
+    run["steps"].extend(run["timer"].times[2:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--packed", action="store_true", help="also packed (bfd) batches: slow with sdpa on a CPU")
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--models", nargs="*", default=["tiny", "small"], choices=list(MODELS))
@@ -107,16 +113,19 @@ def main() -> None:
     for name in options.models:
         model_name = f"{name} (h{MODELS[name][0]}, {MODELS[name][1]} layers)"
         for packing in (False, True) if options.packed else (False,):
-            results = {kind: [] for kind in kinds}
-            for repeat in range(options.repeats):
-                # Rotate the order so that every trainer runs first, second and last equally often.
-                order = kinds[repeat % len(kinds) :] + kinds[: repeat % len(kinds)]
-                for kind in order:
-                    results[kind].append(_run(kind, data, tokenizer, MODELS[name], options.steps, packing))
+            with tempfile.TemporaryDirectory() as output_dir:
+                runs = {
+                    kind: _trainer(kind, data, tokenizer, MODELS[name], options.steps, packing, output_dir)
+                    for kind in kinds
+                }
+                for repeat in range(options.repeats):
+                    # Rotate the order so that every trainer runs first, second and last equally often.
+                    for kind in kinds[repeat % len(kinds) :] + kinds[: repeat % len(kinds)]:
+                        _train_once(runs[kind])
             medians = {}
             for kind in kinds:
-                step = statistics.median(t for r in results[kind] for t in r["steps"])
-                tokens, trained = results[kind][0]["tokens"], results[kind][0]["trained"]
+                step = statistics.median(runs[kind]["steps"])
+                tokens, trained = runs[kind]["tokens"], runs[kind]["trained"]
                 medians[kind] = step
                 print(
                     f"| {model_name} | {'packed (bfd)' if packing else 'padded'} | {kind} | {tokens:.0f} | "
