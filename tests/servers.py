@@ -81,12 +81,21 @@ class ScriptedServer:
         reply: Builds the answer text from the messages (default: echoes a digest of the last message).
         delay: Seconds to wait before answering a successful request (to keep requests in flight).
         timeout_sleep: Seconds a `"timeout"` answer stalls (longer than the client's timeout).
+        retry_after: The `Retry-After` header of `429` answers.
     """
 
-    def __init__(self, reply=None, delay: float = 0.0, timeout_sleep: float = 3.0, faults: dict | None = None):
+    def __init__(
+        self,
+        reply=None,
+        delay: float = 0.0,
+        timeout_sleep: float = 3.0,
+        faults: dict | None = None,
+        retry_after: str = "0",
+    ):
         self.reply = reply or (lambda messages: f"Answer to: {messages[-1]['content'][:60]}\nConclusion: right")
         self.delay = delay
         self.timeout_sleep = timeout_sleep
+        self.retry_after = retry_after
         self.faults = {key: list(value) for key, value in (faults or {}).items()}
         self.requests: list[str] = []
         self.auth_headers: list[str] = []
@@ -148,7 +157,7 @@ class ScriptedServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     if status == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", server.retry_after)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)

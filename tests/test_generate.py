@@ -45,10 +45,10 @@ def run(tmp_path: Path, student=None, teacher=None, **overrides) -> dict:
         pipeline.close()
 
 
-def fast_openai(base_url: str, **options) -> OpenAIBackend:
+def fast_openai(base_url: str, model: str = "teacher", **options) -> OpenAIBackend:
     defaults = dict(base_url=base_url, concurrency=4, max_retries=3, timeout=5.0, backoff_base=0.01, backoff_max=0.05)
     defaults.update(options)
-    return OpenAIBackend("teacher", **defaults)
+    return OpenAIBackend(model, **defaults)
 
 
 # --- prompts ---------------------------------------------------------------------------------------------------------
@@ -492,17 +492,130 @@ def test_vllm_backend_maps_requests_onto_llm_chat(monkeypatch):
     fake = types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kwargs: types.SimpleNamespace(**kwargs))
     monkeypatch.setitem(sys.modules, "vllm", fake)
     backend = make_backend(
-        "vllm", "org/model", tensor_parallel_size=4, data_parallel_size=2, chunk_size=3,
+        "vllm", "org/model", prompt_format="chat", tensor_parallel_size=4, data_parallel_size=2, chunk_size=3,
         llm_kwargs={"max_model_len": 8192},
     )  # fmt: skip
-    assert calls["init"] == ("org/model", {"max_model_len": 8192, "tensor_parallel_size": 4, "data_parallel_size": 2})
+    assert "init" not in calls  # the engine starts on first use only (a fully cached rerun never starts it)
     requests = [
         Request(str(i), messages=[{"role": "user", "content": f"q{i}"}], sampling=Sampling(max_tokens=64, n=2))
         for i in range(5)
     ]
     replies = list(backend.generate(requests))
+    assert calls["init"] == ("org/model", {"max_model_len": 8192, "tensor_parallel_size": 4, "data_parallel_size": 2})
     assert [r.request.id for r in replies] == ["0", "1", "2", "3", "4"]
     assert replies[0].texts == ["reply 0", "reply 1"] and replies[0].completion_tokens == 4
     assert [n for n, _ in calls["chat"]] == [3, 2]  # chunks of chunk_size, so results reach the disk as they finish
     params = calls["chat"][0][1]
     assert (params.n, params.temperature, params.top_p, params.max_tokens) == (2, 0.0, 1.0, 64)
+
+
+def test_vllm_auto_format_follows_the_chat_template(monkeypatch, tiny_dirs):
+    import types
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=None, SamplingParams=None))
+    assert make_backend("vllm", tiny_dirs["chatml"]).uses_chat
+    assert not make_backend("vllm", tiny_dirs["plain"]).uses_chat  # a base model gets completion prompts
+
+
+# --- review findings: LaTeX in prompts, stale outputs, keys, event loops, odd replies --------------------------------
+
+
+def test_prompts_keep_latex_braces():
+    from cgd_trainer.prompts import CRITIQUE_TEMPLATE, REFINE_SYSTEM, fill
+
+    question = r"Compute $\frac{1}{x^{2}}$ and give \boxed{\frac{1}{4}}."
+    answer = r"$\sqrt{\frac{a}{b}}$ {{not a placeholder}}"
+    assert fill(CRITIQUE_TEMPLATE, question=question, initial_response=answer) == (
+        f"### Question\n{question}\n\n### Student's answer\n{answer}"
+    )
+    assert fill("{{literal}} {question}", question="}}") == "{literal} }}"  # template braces only
+    assert REFINE_SYSTEM.endswith("\\boxed{}.") and "{{" not in REFINE_SYSTEM
+
+
+def test_outputs_of_replaced_settings_are_not_used(tmp_path):
+    recs = DEMO[:3]
+    with ScriptedServer(reply=lambda m: f"[{len(m)}] ok\nConclusion: right") as server:
+        common = dict(max_records=3, stages=["critique", "refine"], initial_response_field="initial_response")
+        first = run(tmp_path, teacher=fast_openai(server.base_url), teacher_backend="openai", **common)
+        assert first["records"] == 3
+        # A new teacher whose critique of the first record fails: the old teacher's critique must not be used.
+        server.faults[critique_key(recs[0])] = [500] * 10
+        teacher = fast_openai(server.base_url, model="another-teacher", max_retries=1)
+        second = run(tmp_path, teacher=teacher, teacher_backend="openai", **common)
+        assert second["failed"] == {"critique": 1, "refine": 0}
+        assert second["stages"]["refine"]["waiting for an earlier stage"] == 1
+        assert second["records"] == 2 and second["incomplete_records"] == {"critique": 1}
+
+
+def test_new_drafts_invalidate_old_critiques(tmp_path):
+    run(tmp_path, max_records=4)  # demo student and teacher: complete records
+    # Only the probe stage runs, with a new student prompt (the demo student writes the same drafts again).
+    summary = run(tmp_path, max_records=4, stages=["probe"], student=None, student_backend="demo",
+                  probe_system_prompt="Answer briefly.")  # fmt: skip
+    assert summary["stages"]["probe"]["generated"] == 4
+    stored = StageStore(tmp_path / "out" / "critique.jsonl").entries
+    assert len(stored) == 4 and summary["records"] == 4  # the demo student writes the same drafts: still valid
+    # Now the stored drafts change: the critiques and refinements were made for the old ones and no longer count.
+    lines = read_jsonl(tmp_path / "out" / "probe.jsonl")
+    for line in lines[-4:]:
+        line["text"] += " (edited)"
+    (tmp_path / "out" / "probe.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines[-4:]), "utf-8")
+    summary = run(tmp_path, max_records=4, stages=["refine"], probe_system_prompt="Answer briefly.")
+    assert summary["records"] == 0 and summary["incomplete_records"] == {"critique": 4}
+
+
+def test_extra_body_is_part_of_the_request_key():
+    from cgd_trainer.generate import request_key
+
+    request = Request("x", messages=[{"role": "user", "content": "hi"}])
+    keys = {
+        request_key(OpenAIBackend("m"), request),
+        request_key(OpenAIBackend("m", extra_body={"top_k": 20}), request),
+        request_key(OpenAIBackend("m", extra_body={"chat_template_kwargs": {"enable_thinking": True}}), request),
+    }
+    assert len(keys) == 3
+
+
+def test_openai_backend_inside_a_running_event_loop():
+    import asyncio
+
+    with ScriptedServer() as server:
+        backend = fast_openai(server.base_url)
+
+        async def notebook_cell():
+            return list(
+                backend.generate([Request(str(i), messages=[{"role": "user", "content": str(i)}]) for i in range(5)])
+            )
+
+        replies = asyncio.run(notebook_cell())
+    assert sorted(r.request.id for r in replies) == ["0", "1", "2", "3", "4"] and all(r.ok for r in replies)
+
+
+def test_stopping_early_cancels_requests_in_flight():
+    with ScriptedServer(delay=0.2) as server:
+        backend = fast_openai(server.base_url, concurrency=2)
+        replies = backend.generate(
+            [Request(str(i), messages=[{"role": "user", "content": str(i)}]) for i in range(20)]
+        )
+        first = next(replies)
+        replies.close()
+        assert first.ok
+        time.sleep(0.5)
+        assert len(server.requests) <= 4  # the other 16 were never sent
+
+
+def test_retry_after_is_honoured_beyond_the_backoff_cap():
+    with ScriptedServer(faults={"hi": [429]}, retry_after="1") as server:
+        backend = fast_openai(server.base_url, backoff_max=0.01)
+        start = time.monotonic()
+        (reply,) = list(backend.generate([Request("x", messages=[{"role": "user", "content": "hi"}])]))
+        assert reply.ok and reply.attempts == 2 and time.monotonic() - start >= 1.0
+
+
+def test_cut_surrogates_and_unclosed_thinking(tmp_path):
+    assert strip_thinking("Let me check this.\n<think>the student wrote") == ""
+    with ScriptedServer(reply=lambda m: "cut emoji \ud83d\nConclusion: wrong") as server:
+        summary = run(tmp_path, teacher=fast_openai(server.base_url), teacher_backend="openai", max_records=2,
+                      stages=["critique"], initial_response_field="initial_response")  # fmt: skip
+    assert summary["stages"]["critique"]["generated"] == 2
+    assert read_jsonl(tmp_path / "out" / "critique.jsonl")[0]["text"] == "cut emoji ?\nConclusion: wrong"

@@ -13,11 +13,13 @@ write every result to disk before the next arrives (that is what makes runs resu
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
+import queue
 import random
-import time
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -162,7 +164,7 @@ class TransformersBackend(Backend):
         trust_remote_code: bool = False,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         super().__init__(model, prompt_format)
         self.batch_size = batch_size
@@ -171,11 +173,9 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model_obj = AutoModelForCausalLM.from_pretrained(
-            model, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        ).to(self.device)
-        self.model_obj.eval()
+        self._load_options = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+        self._load_options["trust_remote_code"] = trust_remote_code
+        self._model = None
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if prompt_format == "chat" and not has_template:
             raise ValueError(f"`prompt_format='chat'` but the tokenizer of {model} has no chat template.")
@@ -184,6 +184,16 @@ class TransformersBackend(Backend):
     @property
     def uses_chat(self) -> bool:
         return self._chat
+
+    @property
+    def model_obj(self):
+        """The model, loaded on first use: a rerun whose requests are all cached never loads it."""
+        if self._model is None:
+            from transformers import AutoModelForCausalLM
+
+            self._model = AutoModelForCausalLM.from_pretrained(self.model, **self._load_options).to(self.device)
+            self._model.eval()
+        return self._model
 
     def _text(self, request: Request) -> tuple[str, bool]:
         """The prompt text, and whether the tokenizer should add its special tokens (not after a chat template)."""
@@ -241,7 +251,7 @@ class TransformersBackend(Backend):
                     )
 
     def close(self) -> None:
-        del self.model_obj
+        self._model = None
 
 
 # Failures worth another try: rate limits, server errors, timeouts, dropped connections, malformed replies.
@@ -266,8 +276,9 @@ class OpenAIBackend(Backend):
 
     Requests run concurrently (at most `concurrency` at a time). A request that fails with a rate limit, a 5xx, a
     timeout, a lost connection or a malformed reply is retried up to `max_retries` times after an exponential backoff
-    with full jitter (and at least the server's `Retry-After`); other errors (400, 401, 404) fail at once. With
-    `n > 1`, the `n` samples are sent as `n` requests (with seeds `seed, seed + 1, ...`), which every server supports.
+    with full jitter (and at least the server's `Retry-After`, up to 10 minutes); other errors (400, 401, 404) fail at
+    once. With `n > 1`, the `n` samples are sent as `n` requests (with seeds `seed, seed + 1, ...`), which every
+    server supports.
 
     The API key is read from the environment variable `api_key_env` and lives only in the client object: it is never
     logged or written, and it is masked in error messages.
@@ -352,51 +363,83 @@ class OpenAIBackend(Backend):
         usage = getattr(response, "usage", None)
         return text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
 
-    async def _one(self, client, request: Request, semaphore: asyncio.Semaphore) -> Reply:
+    async def _one(self, client, request: Request) -> Reply:
         reply = Reply(request, attempts=0)
         base_seed = request.sampling.seed
         seeds = [None if base_seed is None else base_seed + i for i in range(request.sampling.n)]
-        async with semaphore:
-            for seed in seeds:
-                for attempt in range(self.max_retries + 1):
-                    reply.attempts += 1
-                    try:
-                        text, prompt_tokens, completion_tokens = await self._send(client, request, seed)
-                    except Exception as error:  # noqa: BLE001 - every failure is either retried or recorded
-                        message = self._mask(f"{type(error).__name__}: {error}")
-                        if attempt == self.max_retries or not _retryable(error):
-                            return Reply(request, error=message, attempts=reply.attempts)
-                        delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-                        retry_after = _retry_after(error)
-                        if retry_after is not None:
-                            delay = max(delay, min(retry_after, self.backoff_max))
-                        logger.debug("Request %s failed (%s); retrying in %.2fs", request.id, message, delay)
-                        await asyncio.sleep(delay)
-                        continue
-                    reply.texts.append(text)
-                    reply.prompt_tokens += prompt_tokens
-                    reply.completion_tokens += completion_tokens
-                    break
+        for seed in seeds:
+            for attempt in range(self.max_retries + 1):
+                reply.attempts += 1
+                try:
+                    text, prompt_tokens, completion_tokens = await self._send(client, request, seed)
+                except Exception as error:  # noqa: BLE001 - every failure is either retried or recorded
+                    message = self._mask(f"{type(error).__name__}: {error}")
+                    if attempt == self.max_retries or not _retryable(error):
+                        return Reply(request, error=message, attempts=reply.attempts)
+                    delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+                    retry_after = _retry_after(error)
+                    if retry_after is not None:  # the server knows best, up to a sanity limit
+                        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+                    logger.debug("Request %s failed (%s); retrying in %.2fs", request.id, message, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                # A server may cut a reply inside a surrogate pair; such text cannot be written as UTF-8.
+                reply.texts.append(text.encode("utf-8", "replace").decode("utf-8"))
+                reply.prompt_tokens += prompt_tokens
+                reply.completion_tokens += completion_tokens
+                break
         return reply
+
+    async def _run(self, requests: Sequence[Request], results: queue.Queue) -> None:
+        # `concurrency` workers take requests from one queue: the cost per reply does not grow with the run's size.
+        todo = collections.deque(requests)
+        client = self._client()
+
+        async def worker() -> None:
+            while todo:
+                results.put(await self._one(client, todo.popleft()))
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)))))
+        finally:
+            await client.close()
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Reply]:
         if not requests:
             return
+        # The event loop runs in its own thread: generation goes on while the caller writes results, and the backend
+        # works the same where an event loop is already running (notebooks).
+        results: queue.Queue = queue.Queue()
         loop = asyncio.new_event_loop()
-        client = self._client()
+        main = loop.create_task(self._run(requests, results))
+        failure: list[BaseException] = []
+
+        def run_loop() -> None:
+            try:
+                loop.run_until_complete(main)
+            except asyncio.CancelledError:
+                pass
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread below
+                failure.append(error)
+            finally:
+                loop.close()
+                results.put(_FINISHED)
+
+        thread = threading.Thread(target=run_loop, name="cgd-openai-backend", daemon=True)
+        thread.start()
         try:
-            semaphore = asyncio.Semaphore(self.concurrency)
-            pending = {loop.create_task(self._one(client, request, semaphore)) for request in requests}
-            while pending:
-                done, pending = loop.run_until_complete(asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED))
-                for task in done:
-                    yield task.result()
+            yield from iter(results.get, _FINISHED)
         finally:
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.run_until_complete(client.close())
-            loop.close()
+            if thread.is_alive():  # the caller stopped early: cancel what is still in flight
+                loop.call_soon_threadsafe(main.cancel)
+            thread.join()
+        if failure:
+            raise failure[0]
+
+
+_FINISHED = object()
+# Longest wait a server's `Retry-After` may ask for (seconds).
+MAX_RETRY_AFTER = 600.0
 
 
 def _retry_after(error: BaseException) -> float | None:
@@ -417,7 +460,7 @@ class VLLMBackend(Backend):
 
     Args:
         model (`str`): Hub id or local folder.
-        prompt_format (`str`): `auto`/`chat` or `completion`.
+        prompt_format (`str`): `auto` (chat when the tokenizer has a chat template), `chat` or `completion`.
         tensor_parallel_size (`int`), data_parallel_size (`int`): Passed to `vllm.LLM`.
         chunk_size (`int`): Requests per `LLM.chat` call.
         llm_kwargs (`dict` or `None`): Any other `vllm.LLM` arguments (`max_model_len`, `gpu_memory_utilization`...).
@@ -447,8 +490,27 @@ class VLLMBackend(Backend):
         kwargs.setdefault("tensor_parallel_size", tensor_parallel_size)
         if data_parallel_size > 1:
             kwargs.setdefault("data_parallel_size", data_parallel_size)
-        self.llm = vllm.LLM(model=model, **kwargs)
+        self._llm_kwargs = kwargs
+        self._llm = None
         self.chunk_size = chunk_size
+        self._chat = prompt_format == "chat"
+        if prompt_format == "auto":
+            # Base models have no chat template: like the `transformers` backend, `auto` then sends completion prompts.
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=kwargs.get("trust_remote_code", False))
+            self._chat = bool(getattr(tokenizer, "chat_template", None))
+
+    @property
+    def uses_chat(self) -> bool:
+        return self._chat
+
+    @property
+    def llm(self):
+        """The vLLM engine, started on first use: a rerun whose requests are all cached never starts it."""
+        if self._llm is None:
+            self._llm = self._vllm.LLM(model=self.model, **self._llm_kwargs)
+        return self._llm
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Reply]:
         for start in range(0, len(requests), self.chunk_size):
@@ -506,10 +568,3 @@ def make_backend(kind: str, model: str | None, **options: Any) -> Backend:
     if kind not in classes:
         raise ValueError(f"Unknown backend {kind!r}; choose one of {BACKENDS}.")
     return classes[kind](model, **options)
-
-
-def timed(replies: Iterator[Reply]) -> Iterator[tuple[Reply, float]]:
-    """Pairs each reply with the seconds since the iteration started (for rates in progress bars and benchmarks)."""
-    start = time.perf_counter()
-    for reply in replies:
-        yield reply, time.perf_counter() - start

@@ -215,10 +215,6 @@ class StageStore:
         entry = self.entries.get(record_id)
         return entry is not None and entry["key"] == key
 
-    def text(self, record_id: str) -> str | None:
-        entry = self.entries.get(record_id)
-        return None if entry is None else entry["text"]
-
     def append(self, entry: dict) -> None:
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the stage
@@ -232,13 +228,23 @@ class StageStore:
             self._file = None
 
 
+def inputs_hash(values: dict[str, str]) -> str:
+    """Hash of the texts a stage's prompt was built from (question, and the draft and critique where used)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
 def request_key(backend: Backend, request: Request) -> str:
-    """Hash of what determines a completion: the model, the exact prompt as sent and the decoding settings."""
+    """
+    Hash of what determines a completion: the model, the exact prompt as sent, the decoding settings and any extra
+    request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
+    """
     payload = {
         "model": backend.model,
         "input": request.messages if backend.uses_chat and request.messages is not None else request.prompt,
         "sampling": request.sampling.to_dict(),
     }
+    if getattr(backend, "extra_body", None):
+        payload["extra_body"] = backend.extra_body
     if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
         payload["input"] = request.messages
         payload["rendered"] = "completion"
@@ -323,6 +329,8 @@ class Pipeline:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self._backends = {"student": student, "teacher": teacher}
+        # Request key of every record, per stage run in this invocation.
+        self._keys: dict[str, dict[str, str]] = {}
 
     def backend(self, role: str) -> Backend:
         if self._backends[role] is None:
@@ -377,11 +385,29 @@ class Pipeline:
             column = STAGE_OUTPUT[earlier]
             if column not in STAGE_FIELDS[stage]:
                 continue
-            text = item.get(column) or stores[earlier].text(item["id"])
+            text = self.current_text(earlier, item, stores)
             if not text:
                 return None
             values[column] = text
         return values
+
+    def current_text(self, stage: str, item: dict, stores: dict[str, StageStore]) -> str | None:
+        """
+        A stage's output for one record, if it is current: given in the input data, or stored for exactly this
+        run's request (a stage run now), or stored from the same inputs as the record has now (a stage not run now).
+        An output made from an older draft or critique, or by settings this run replaced, does not count.
+        """
+        column = STAGE_OUTPUT[stage]
+        if item.get(column):
+            return item[column]
+        entry = stores[stage].entries.get(item["id"])
+        if entry is None:
+            return None
+        keys = self._keys.get(stage)
+        if keys is not None:
+            return entry["text"] if keys.get(item["id"]) == entry["key"] else None
+        values = self._inputs(stage, item, stores)
+        return entry["text"] if values is not None and entry.get("inputs") == inputs_hash(values) else None
 
     def run_stage(self, stage: str, items: list[dict], stores: dict[str, StageStore]) -> dict[str, Any]:
         """Sends the stage's unfinished requests and stores every reply; returns the stage's counts."""
@@ -403,10 +429,11 @@ class Pipeline:
         failures: list[dict] = []
         if todo:
             backend = self.backend(role)
-            requests, keys = [], {}
+            requests, keys, inputs = [], self._keys.setdefault(stage, {}), {}
             for item, values in todo:
                 request = self.build_request(stage, item, values)
                 keys[item["id"]] = request_key(backend, request)
+                inputs[item["id"]] = inputs_hash(values)
                 if store.done(item["id"], keys[item["id"]]):
                     counts["cached"] += 1
                 else:
@@ -432,7 +459,7 @@ class Pipeline:
                         failures.append({"id": record_id, "stage": stage, "error": error, "attempts": reply.attempts})
                         bar.set_postfix(failed=counts["failed"])
                     else:
-                        entry = {"id": record_id, "key": keys[record_id], "text": text}
+                        entry = {"id": record_id, "key": keys[record_id], "inputs": inputs[record_id], "text": text}
                         if raw.strip() != text:
                             entry["raw"] = raw
                         if stage == "critique":
@@ -482,16 +509,12 @@ class Pipeline:
         provenance = self.provenance()
         records, incomplete = [], Counter()
         for item in items:
-            texts = {}
-            for stage in STAGES:
-                column = STAGE_OUTPUT[stage]
-                texts[column] = item.get(column) or stores[stage].text(item["id"])
+            texts = {STAGE_OUTPUT[stage]: self.current_text(stage, item, stores) for stage in STAGES}
             missing = [stage for stage in STAGES if not texts[STAGE_OUTPUT[stage]]]
             if missing:
                 incomplete[missing[0]] += 1
                 continue
-            entry = stores["critique"].entries.get(item["id"])
-            verdict = entry.get("verdict") if entry is not None else parse_verdict(texts["critique"])
+            verdict = parse_verdict(texts["critique"])
             record = {"id": item["id"], "prompt": item["question"], **texts, "verdict": verdict}
             if "reference_answer" in item:
                 record["reference_answer"] = item["reference_answer"]

@@ -28,12 +28,9 @@ REFINE_SYSTEM = (
     "of that answer. Write an improved answer to the question: complete, correct and clearly explained. Keep the "
     "parts of the student's answer that were right, correct every mistake the critique identifies, and add any step "
     "that was missing. Write the answer itself, not a comment on the student's answer, and put the final result in "
-    "\\boxed{{}}."
+    "\\boxed{}."
 )
 REFINE_TEMPLATE = "### Question\n{question}\n\n### Student's answer\n{initial_response}\n\n### Critique\n{critique}"
-
-# Teachers without a chat template get the system text and the sections as one completion prompt.
-COMPLETION_WRAPPER = "{system}\n\n{user}\n\n### Response\n"
 
 STAGES = ("probe", "critique", "refine")
 STAGE_FIELDS = {
@@ -42,7 +39,8 @@ STAGE_FIELDS = {
     "refine": ("question", "initial_response", "critique"),
 }
 
-_FIELD_RE = re.compile(r"\{(question|initial_response|critique|system|user)\}")
+_FIELD_RE = re.compile(r"\{(question|initial_response|critique)\}")
+_FILL_RE = re.compile(r"\{\{|\}\}|\{(question|initial_response|critique)\}")
 # A whole line: optional markdown around `Conclusion:` and the verdict, a trailing period, CFT's `[END]` marker.
 _VERDICT_RE = re.compile(
     r"^[\s>#*_`-]*conclusion[\s*_`]*[:：][\s*_`]*(right|wrong)\b[\s*_`.!]*(?:\[end\])?[\s*_`.!]*$", re.IGNORECASE
@@ -57,19 +55,21 @@ def template_id(*texts: str | None) -> str:
 
 def fill(template: str, **values: str) -> str:
     """
-    Replaces `{question}`, `{initial_response}`, `{critique}`, `{system}` and `{user}` in one pass.
+    Replaces `{question}`, `{initial_response}` and `{critique}` in one pass.
 
-    Other braces (LaTeX such as `\\boxed{}`) are left alone, so templates need no escaping; `{{` and `}}` become
-    single braces for users who write them the `str.format` way.
+    Other braces (LaTeX such as `\\boxed{}`) are left alone, so templates need no escaping; `{{` and `}}` in the
+    template become single braces for users who write them the `str.format` way. The inserted texts are never changed.
     """
 
     def replace(match: re.Match) -> str:
         key = match.group(1)
+        if key is None:  # a doubled brace of the template itself; the inserted texts are never touched
+            return match.group(0)[0]
         if key not in values:
             raise KeyError(f"The template uses {{{key}}}, which this stage does not provide.")
         return values[key]
 
-    return _FIELD_RE.sub(replace, template).replace("{{", "{").replace("}}", "}")
+    return _FILL_RE.sub(replace, template)
 
 
 def check_placeholders(template: str, name: str, required: tuple[str, ...]) -> None:
@@ -94,7 +94,7 @@ def strip_thinking(text: str, open_tag: str = "<think>", close_tag: str = "</thi
     if close_tag and close_tag in text:
         text = text.rsplit(close_tag, 1)[1]
     elif open_tag and open_tag in text:
-        text = text.split(open_tag, 1)[0]
+        return ""  # cut off while thinking: whatever came before the tag is not an answer either
     return text.strip()
 
 
