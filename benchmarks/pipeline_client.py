@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
+import json
+import logging
 import multiprocessing
 import os
 import statistics
@@ -76,9 +80,6 @@ def pipeline_stage(base_url: str, model: str, data: Path, n: int, max_tokens: in
             max_records=n,
         )
         pipeline = Pipeline(config)
-        import contextlib
-        import io
-
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             summary = pipeline.run()
         return summary["stages"]["critique"].get("generated", 0)
@@ -116,13 +117,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     options = parser.parse_args()
 
-    import logging
-
     logging.disable(logging.WARNING)
     records = generate_records(options.requests, seed=7)
     workdir = Path(tempfile.mkdtemp(prefix="cgd-bench-"))
     data = workdir / "records.jsonl"
-    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in records), "utf-8")
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
     # The same user turns the critique stage sends, so all three clients do the same work.
     config = GenerateConfig(teacher_backend="openai")
     pipeline = Pipeline(config)

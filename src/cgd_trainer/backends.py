@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import queue
 import random
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -545,6 +546,29 @@ class VLLMBackend(Backend):
                     )
 
 
+def _backend_class(kind: str) -> type[Backend]:
+    if kind == "demo":
+        from .demo_teacher import DemoBackend
+
+        return DemoBackend
+    classes = {"transformers": TransformersBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}
+    if kind not in classes:
+        raise ValueError(f"Unknown backend {kind!r}; choose one of {BACKENDS}.")
+    return classes[kind]
+
+
+def options_for(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The settings a backend kind takes, picked from a flat mapping of every backend's settings (a command's config):
+    the keyword arguments of the backend's class, other than `model`.
+
+    Returns:
+        `dict`: Keyword arguments for [`make_backend`].
+    """
+    accepted = inspect.signature(_backend_class(kind).__init__).parameters
+    return {key: value for key, value in settings.items() if key in accepted and key not in ("self", "model")}
+
+
 def make_backend(kind: str, model: str | None, **options: Any) -> Backend:
     """
     Builds a backend by name.
@@ -558,13 +582,9 @@ def make_backend(kind: str, model: str | None, **options: Any) -> Backend:
         [`Backend`]
     """
     options = {key: value for key, value in options.items() if value is not None}
+    cls = _backend_class(kind)
     if kind == "demo":
-        from .demo_teacher import DemoBackend
-
-        return DemoBackend(model or "cgd-demo", **options)
+        return cls(model or "cgd-demo", **options)
     if not model:
         raise ValueError(f"The {kind!r} backend needs a model (a hub id, a local folder or a served model name).")
-    classes = {"transformers": TransformersBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}
-    if kind not in classes:
-        raise ValueError(f"Unknown backend {kind!r}; choose one of {BACKENDS}.")
-    return classes[kind](model, **options)
+    return cls(model, **options)

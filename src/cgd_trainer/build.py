@@ -43,6 +43,7 @@ from .demo import BUILTIN_DATASETS, BUILTIN_PREFIX
 from .demo_data import demo_data_path
 from .formatting import DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PLACEHOLDERS, fill_template
 from .prompts import parse_verdict
+from .train import LOCAL_FORMATS, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ CGD_FAMILY = ("cgd", "irrelevant_critique", "generic_critique")
 INPUT_FORMATS = ("cgd", "cft", "alpaca")
 EXPORT_FORMATS = ("alpaca", "messages")
 DEFAULT_RATIOS = ("100/0", "75/25", "50/50", "25/75", "0/100")
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 QUESTION_FALLBACKS = ("question", "prompt")
 
 GENERIC_CRITIQUE = (
@@ -468,12 +468,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         `list[dict]`: the rows; every row has every column (missing values are `None`).
     """
     path = Path(path)
-    builder = LOCAL_FORMATS.get(path.suffix.lower())
-    if builder is None:
+    if path.suffix.lower() not in LOCAL_FORMATS:
         raise ValueError(f"Cannot tell the format of {path}; use one of {sorted(LOCAL_FORMATS)}.")
     if not path.is_file():
         raise ValueError(f"{path} is not a file.")
-    return load_dataset(builder, data_files=str(path), split="train").to_list()
+    return load_source(str(path))["train"].to_list()
 
 
 def _text(value: Any, path: Path, index: int, column: str, fix: str, allow_empty: bool = True) -> str:

@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import BACKENDS, PROMPT_FORMATS, Backend, Request, Sampling, make_backend
-from .demo import BUILTIN_PREFIX, load_builtin_dataset, prepare_builtin_model
+from .backends import BACKENDS, PROMPT_FORMATS, Backend, Request, Sampling, make_backend, options_for
+from .demo import BUILTIN_PREFIX, prepare_builtin_model
 from .grading import extract_answer, grade_parsed, parse_gold
 from .report import markdown_table, percent, plot_benchmark_accuracy, plot_checkpoint_accuracy
+from .train import LOCAL_FORMATS, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ DEFAULT_COMPLETION_TEMPLATE = "{instruction}\n\nProblem:\n{question}\n\nSolution
 
 _PLACEHOLDER = re.compile(r"\{(instruction|question)\}")
 
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # Column names tried, in order, when a local file or hub dataset does not name its fields.
 QUESTION_FIELDS = ("problem", "question", "prompt", "Problem", "Question", "input")
 ANSWER_FIELDS = (
@@ -259,11 +259,8 @@ def load_problems(benchmark: Benchmark, max_problems: int | None = None) -> list
     """
     from datasets import load_dataset
 
-    if benchmark.path.startswith(BUILTIN_PREFIX):
-        dataset = load_builtin_dataset(benchmark.path)["train"]
-    elif benchmark.local:
-        builder = LOCAL_FORMATS[Path(benchmark.path).suffix.lower()]
-        dataset = load_dataset(builder, data_files=benchmark.path, split="train")
+    if benchmark.path.startswith(BUILTIN_PREFIX) or benchmark.local:
+        dataset = load_source(benchmark.path)["train"]
     else:
         dataset = load_dataset(benchmark.path, name=benchmark.config, split=benchmark.split)
     if max_problems is not None:
@@ -511,23 +508,22 @@ def backend_options(config: EvalConfig, kind: str, overrides: Mapping[str, Any] 
     Returns:
         `dict`: Options for the backend class.
     """
-    options: dict[str, Any] = {"prompt_format": config.prompt_format}
-    if kind == "transformers":
-        options.update(
-            batch_size=config.batch_size,
-            dtype=config.dtype,
-            device=config.device,
-            trust_remote_code=config.trust_remote_code,
-        )
-    elif kind == "openai":
-        options.update(
-            base_url=config.base_url,
-            api_key_env=config.api_key_env,
-            concurrency=config.concurrency,
-            timeout=config.request_timeout,
-            max_retries=config.max_retries,
-        )
-    elif kind == "vllm":
+    if kind not in ("transformers", "vllm", "openai"):
+        raise ValueError(f"Unknown backend {kind!r} for `cgd eval`; use transformers, vllm or openai.")
+    settings: dict[str, Any] = {
+        "prompt_format": config.prompt_format,
+        "batch_size": config.batch_size,
+        "dtype": config.dtype,
+        "device": config.device,
+        "trust_remote_code": config.trust_remote_code,
+        "base_url": config.base_url,
+        "api_key_env": config.api_key_env,
+        "concurrency": config.concurrency,
+        "timeout": config.request_timeout,
+        "max_retries": config.max_retries,
+        "tensor_parallel_size": config.tensor_parallel_size,
+    }
+    if kind == "vllm":
         llm_kwargs: dict[str, Any] = {"seed": config.seed, "trust_remote_code": config.trust_remote_code}
         if config.dtype != "auto":
             llm_kwargs["dtype"] = config.dtype
@@ -536,9 +532,8 @@ def backend_options(config: EvalConfig, kind: str, overrides: Mapping[str, Any] 
         if config.gpu_memory_utilization is not None:
             llm_kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
         llm_kwargs.update(config.vllm_kwargs or {})
-        options.update(tensor_parallel_size=config.tensor_parallel_size, llm_kwargs=llm_kwargs)
-    else:
-        raise ValueError(f"Unknown backend {kind!r} for `cgd eval`; use transformers, vllm or openai.")
+        settings["llm_kwargs"] = llm_kwargs
+    options = options_for(kind, settings)
     options.update(overrides or {})
     return options
 

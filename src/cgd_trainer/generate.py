@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .backends import BACKENDS, PROMPT_FORMATS, Backend, Request, Sampling, make_backend
+from .backends import BACKENDS, PROMPT_FORMATS, Backend, Request, Sampling, make_backend, options_for
 from .prompts import (
     CRITIQUE_SYSTEM,
     CRITIQUE_TEMPLATE,
@@ -336,27 +336,25 @@ class Pipeline:
         if self._backends[role] is None:
             c = self.config
             kind = getattr(c, f"{role}_backend")
-            options: dict[str, Any] = {"prompt_format": getattr(c, f"{role}_prompt_format")}
-            if kind == "transformers":
-                options.update(batch_size=c.batch_size, dtype=c.dtype, device=c.device)
-                options["trust_remote_code"] = c.trust_remote_code
-            elif kind == "openai":
-                options.update(
-                    base_url=getattr(c, f"{role}_base_url"),
-                    api_key_env=getattr(c, f"{role}_api_key_env"),
-                    concurrency=c.concurrency,
-                    max_retries=c.max_retries,
-                    timeout=c.request_timeout,
-                    backoff_base=c.backoff_base,
-                    backoff_max=c.backoff_max,
-                    extra_body=c.extra_body,
-                )
-            elif kind == "vllm":
-                options.update(
-                    tensor_parallel_size=c.tensor_parallel_size,
-                    data_parallel_size=c.data_parallel_size,
-                    llm_kwargs=c.vllm_kwargs,
-                )
+            settings = {
+                "prompt_format": getattr(c, f"{role}_prompt_format"),
+                "batch_size": c.batch_size,
+                "dtype": c.dtype,
+                "device": c.device,
+                "trust_remote_code": c.trust_remote_code,
+                "base_url": getattr(c, f"{role}_base_url"),
+                "api_key_env": getattr(c, f"{role}_api_key_env"),
+                "concurrency": c.concurrency,
+                "max_retries": c.max_retries,
+                "timeout": c.request_timeout,
+                "backoff_base": c.backoff_base,
+                "backoff_max": c.backoff_max,
+                "extra_body": c.extra_body,
+                "tensor_parallel_size": c.tensor_parallel_size,
+                "data_parallel_size": c.data_parallel_size,
+                "llm_kwargs": c.vllm_kwargs,
+            }
+            options = options_for(kind, settings)
             self._backends[role] = make_backend(kind, getattr(c, f"{role}_model"), **options)
         return self._backends[role]
 
