@@ -99,6 +99,52 @@ def test_padding_free_matches_padded_loss(tmp_path, tokenizers, dataset):
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
 
 
+def _loss_per_trained_token(trainer) -> float:
+    trainer.model.eval()
+    total, items = 0.0, 0
+    for batch in trainer.get_train_dataloader():
+        n = int((batch["labels"][..., 1:] != -100).sum())
+        with torch.no_grad():
+            total += trainer.compute_loss(trainer.model, batch, num_items_in_batch=n).item() * n
+        items += n
+    return total / items
+
+
+def test_packed_flex_attention_matches_padded_sdpa(tmp_path, tokenizers, records, dataset, caplog):
+    # flex_attention is what we advise for packed rows without flash-attn: the same loss as padded sdpa, through LoRA
+    # as in the LoRA recipes. (torch has no flex backward on the CPU, so training with it is a GPU check.)
+    tokenizer = tokenizers["chatml"]
+    padded = make_trainer(tmp_path, tokenizers, "chatml", dataset, max_length=512)
+    model = build_model(tokenizer, "chatml")
+    model.set_attn_implementation("flex_attention")
+    with caplog.at_level("WARNING", logger="cgd_trainer"):
+        packed = CGDTrainer(
+            model=model,
+            args=make_config(tmp_path, packing=True, max_length=512),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+    assert "dense block-diagonal mask" not in caplog.text
+    assert packed.padding_free and packed.model.config._attn_implementation == "flex_attention"
+    assert check_dataloader(packed, records, "chatml") == set(range(len(records)))
+    # LoRA starts as the identity (lora_B = 0), so both see the same function.
+    assert _loss_per_trained_token(packed) == pytest.approx(_loss_per_trained_token(padded), abs=1e-5)
+
+
+def test_packed_attention_advice():
+    from cgd_trainer.trainer import packed_attention_advice
+
+    for attn in ("sdpa", "eager"):
+        advice = packed_attention_advice(attn, padding_free=True, device_type="cuda")
+        assert f"attn_implementation={attn!r}" in advice
+        assert "'flex_attention'" in advice and "'flash_attention_2'" in advice and "group_by_length" in advice
+    assert packed_attention_advice("sdpa", padding_free=False, device_type="cuda") is None
+    assert packed_attention_advice("sdpa", padding_free=True, device_type="cpu") is None
+    for attn in ("flex_attention", "flash_attention_2", "kernels-community/flash-attn2"):
+        assert packed_attention_advice(attn, padding_free=True, device_type="cuda") is None
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_lora(tmp_path, tokenizers, records, dataset, packing):
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
