@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from common import StepTimer, bench_config, quiet  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
@@ -67,10 +68,11 @@ def _train_once(run: dict) -> None:
     run["steps"].extend(run["timer"].times[2:])
 
 
-def _step_ab(runs: dict, kinds: list[str], steps: int, rounds: int) -> dict[str, float]:
+def _step_ab(runs: dict, kinds: list[str], steps: int, rounds: int) -> dict[str, list[float]]:
     """
-    Median time of one optimizer step (forward, backward, AdamW) of each trainer on its own first batches, the trainers
+    Times of one optimizer step (forward, backward, AdamW) of each trainer on its own first batches, the trainers
     taking turns step by step: a slow moment of the machine then hits both, which run-level interleaving cannot do.
+    Entry i of every list is the same (round, step), so lists can be compared pairwise.
     """
     batches = {kind: list(runs[kind]["trainer"].get_train_dataloader())[:steps] for kind in kinds}
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -85,13 +87,46 @@ def _step_ab(runs: dict, kinds: list[str], steps: int, rounds: int) -> dict[str,
                 trainer.optimizer.step()
                 trainer.optimizer.zero_grad()
                 times[kind].append(time.perf_counter() - start)
-    return {kind: statistics.median(values) for kind, values in times.items()}
+    return times
+
+
+def _paired(times: list[float], reference: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-step ratios `times[i] / reference[i]` (same batch, same moment)."""
+    ratios = sorted(a / b for a, b in zip(times, reference))
+    low, median, high = statistics.quantiles(ratios, n=4)
+    return median, low, high
+
+
+def _flops(run: dict) -> float:
+    """FLOPs of one training step (forward and backward) on the trainer's first batch, counted by torch."""
+    trainer = run["trainer"]
+    batch = next(iter(trainer.get_train_dataloader()))
+    with FlopCounterMode(display=False) as counter:
+        trainer.training_step(trainer.model, batch)
+    trainer.optimizer.zero_grad()
+    return counter.get_total_flops()
+
+
+def _loading(runs: dict, kinds: list[str], steps: int, rounds: int = 5) -> dict[str, float]:
+    """Fastest time to draw and collate one batch from each trainer's dataloader, interleaved over rounds."""
+    best = dict.fromkeys(kinds, float("inf"))
+    for _ in range(rounds):
+        for kind in kinds:
+            start = time.perf_counter()
+            for index, _batch in enumerate(runs[kind]["trainer"].get_train_dataloader()):
+                if index + 1 == steps:
+                    break
+            best[kind] = min(best[kind], (time.perf_counter() - start) / steps)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of the step-interleaved comparison")
+    parser.add_argument("--ab_seconds", type=float, default=12, help="time for it per model when --rounds is unset")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--packed", action="store_true", help="also packed (bfd) batches: slow with sdpa on a CPU")
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--models", nargs="*", default=["tiny", "small"], choices=list(MODELS))
@@ -99,6 +134,8 @@ def main() -> None:
 
     quiet()
     torch.manual_seed(0)
+    if options.threads:
+        torch.set_num_threads(options.threads)
 
     tokenizer = build_tokenizer("chatml")
     records = generate_records(options.records)
@@ -132,6 +169,7 @@ def main() -> None:
         flush=True,
     )
     print("|---|---|---|---|---|---|---|---|", flush=True)
+    comparisons = []
     for name in options.models:
         model_name = f"{name} (h{MODELS[name][0]}, {MODELS[name][1]} layers)"
         for packing in (False, True) if options.packed else (False,):
@@ -150,7 +188,17 @@ def main() -> None:
                 runs[control] = _trainer(control, data, tokenizer, MODELS[name], options.steps, packing, output_dir)
                 _train_once(runs[control])
                 pair = ["CGDTrainer", "SFTTrainer, same converted data", control]
-                ab = _step_ab(runs, pair, options.steps, rounds=2)
+                # Small models have short, noisy steps: give every model about the same time, hence more rounds.
+                step_time = statistics.median(runs[pair[1]]["steps"])
+                rounds = options.rounds or max(2, round(options.ab_seconds / (len(pair) * options.steps * step_time)))
+                ab = _step_ab(runs, pair, options.steps, rounds=rounds)
+                flops = {kind: _flops(runs[kind]) for kind in pair}
+                loading = _loading(runs, pair, options.steps)
+                loaders = [runs[kind]["trainer"].get_train_dataloader() for kind in pair[:2]]
+                identical = all(
+                    torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+                    for a, b in zip(*loaders)
+                )
             medians = {}
             for kind in kinds:
                 step = statistics.median(runs[kind]["steps"])
@@ -162,18 +210,33 @@ def main() -> None:
                 )
             ratio = medians["CGDTrainer"] / medians["SFTTrainer, same converted data"]
             print(
-                f"| {model_name} | {'packed (bfd)' if packing else 'padded'} | **CGDTrainer / SFTTrainer** | | | "
-                f"**{ratio:.3f}** | | |"
+                f"| {model_name} | {'packed (bfd)' if packing else 'padded'} | CGDTrainer / SFTTrainer, whole runs "
+                f"(noisy: see the step-by-step table) | | | {ratio:.3f} | | |"
             )
-            batches = "packed (bfd)" if packing else "padded"
+            comparisons.append(
+                (model_name, "packed (bfd)" if packing else "padded", pair, ab, flops, loading, identical, rounds)
+            )
+
+    print("\nSame batches, step by step (forward, backward, AdamW), trainers taking turns; ratios to SFTTrainer:\n")
+    print(
+        "| model | batches | trainer | per-step time ratio, median (quartiles) | FLOPs/step (ratio) | "
+        "batch loading ms (ratio) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for model_name, batches, pair, ab, flops, loading, identical, rounds in comparisons:
+        reference = pair[1]
+        for kind, label in zip(pair, ("CGDTrainer", "SFTTrainer (reference)", "noise floor: a second SFTTrainer")):
+            median, low, high = _paired(ab[kind], ab[reference])
+            bold = "**" if kind == pair[0] else ""
             print(
-                f"| {model_name} | {batches} | step-interleaved: CGDTrainer {ab[pair[0]] * 1000:.1f} ms / SFTTrainer "
-                f"{ab[pair[1]] * 1000:.1f} ms | | | **{ab[pair[0]] / ab[pair[1]]:.3f}** | | |"
+                f"| {model_name} | {batches} | {label} | {bold}{median:.3f}{bold} ({low:.3f}-{high:.3f}) | "
+                f"{flops[kind] / 1e9:.2f} G ({flops[kind] / flops[reference]:.4f}) | "
+                f"{loading[kind] * 1000:.1f} ({loading[kind] / loading[reference]:.2f}) |"
             )
-            print(
-                f"| {model_name} | {batches} | noise floor: a second SFTTrainer {ab[pair[2]] * 1000:.1f} ms / "
-                f"SFTTrainer {ab[pair[1]] * 1000:.1f} ms | | | {ab[pair[2]] / ab[pair[1]]:.3f} | | |"
-            )
+        print(
+            f"| {model_name} | {batches} | {rounds} rounds × {len(ab[reference])} steps; every batch (ids and labels) "
+            f"identical to SFTTrainer's: {identical} ||||"
+        )
 
 
 if __name__ == "__main__":
