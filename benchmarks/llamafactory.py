@@ -2,8 +2,12 @@
 
 The same tiny ChatML model, the same 256 demo CGD records (`cgd build --export alpaca` gives LLaMA-Factory the Alpaca
 file the authors' setup uses), the same hyperparameters (full fine-tuning, batch 8, max length 1024, constant LR,
-fp32, no packing), each framework in its own process so that peak memory (max RSS) is its own. Reported: median step
-time, tokens/s (non-padding tokens), trained tokens/s (labels != -100) and peak RSS, interleaved over repeats.
+fp32, no packing, activation checkpointing off in both: LLaMA-Factory turns it on unless told not to, TRL does not;
+`--checkpointing` turns it on in both), each framework in its own process so that peak memory (max RSS) is its own.
+CGDTrainer runs on LLaMA-Factory's own torch and transformers (this project's trl and datasets are added from a cache
+folder), so that only the trainers differ, once with TRL's fused LM head and once with `cgd_fused_lm_head=False`.
+Reported: median step time, tokens/s (non-padding tokens), trained tokens/s (labels != -100) and peak RSS,
+interleaved over repeats.
 
 LLaMA-Factory pins its own versions of transformers/trl/peft, so it lives in a separate virtualenv:
 
@@ -83,7 +87,8 @@ args = CGDConfig(
     output_dir=settings["output_dir"], per_device_train_batch_size=settings["batch"], max_steps=settings["steps"],
     learning_rate=settings["lr"], lr_scheduler_type="constant", max_length=settings["max_length"], packing=False,
     bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000, disable_tqdm=True,
-    gradient_checkpointing=False, seed=0, dataloader_num_workers=0,
+    gradient_checkpointing=settings["checkpointing"], seed=0, dataloader_num_workers=0,
+    cgd_fused_lm_head=settings["fused"],
 )
 timer = Timer()
 trainer = CGDTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
@@ -103,11 +108,13 @@ json.dump({**result, "peak_mib": peak}, open(out, "w"))
 """
 
 
-def run(python: str, driver: str, payload: dict, workdir: Path, name: str) -> dict:
+def run(python: str, driver: str, payload: dict, workdir: Path, name: str, pythonpath: str | None = None) -> dict:
     script, out = workdir / f"{name}_driver.py", workdir / f"{name}.json"
     script.write_text(driver, "utf-8")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
     env.update(TOKENIZERS_PARALLELISM="false", DISABLE_VERSION_CHECK="1", LLAMAFACTORY_VERBOSITY="WARN")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     result = subprocess.run(
         [python, str(script), json.dumps(payload), str(out)], env=env, capture_output=True, text=True, cwd=workdir
     )
@@ -116,13 +123,38 @@ def run(python: str, driver: str, payload: dict, workdir: Path, name: str) -> di
     return json.loads(out.read_text("utf-8"))
 
 
+def overlay(lf_python: str) -> str | None:
+    """
+    A folder with this project's trl and datasets for LLaMA-Factory's Python (which pins older ones), so that
+    CGDTrainer can also run on LLaMA-Factory's torch and transformers: then only the frameworks differ. `None` if pip
+    cannot install them.
+    """
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in ("trl", "datasets", "dill", "multiprocess")]
+    folder = Path.home() / ".cache" / "cgd-trainer" / ("lf-overlay-" + "-".join(pins).replace("==", ""))
+    if not (folder / "trl").is_dir():
+        command = [lf_python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(folder), *pins]
+        if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+            return None
+    return f"{folder}{os.pathsep}{ROOT / 'src'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lf_python", default="/work/lf-venv/bin/python", help="Python of LLaMA-Factory's venv.")
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on, in both")
+    parser.add_argument("--own_stack", action="store_true", help="also run CGDTrainer on this environment's libraries")
+    parser.add_argument(
+        "--same_stack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run CGDTrainer on LLaMA-Factory's torch/transformers (installs trl/datasets into a cache folder)",
+    )
     options = parser.parse_args()
     if not Path(options.lf_python).exists():
         sys.exit(f"No LLaMA-Factory Python at {options.lf_python}; see the instructions at the top of this file.")
@@ -143,7 +175,13 @@ def main() -> None:
             "--ratios", "none", "--export", "alpaca",
         ]
     )  # fmt: skip
-    common = {"batch": 8, "steps": options.steps, "lr": 1e-4, "max_length": 1024}
+    common = {
+        "batch": 8,
+        "steps": options.steps,
+        "lr": 1e-4,
+        "max_length": 1024,
+        "checkpointing": options.checkpointing,
+    }
     lf_config = {
         "model_name_or_path": str(model_dir),
         "stage": "sft",
@@ -171,22 +209,54 @@ def main() -> None:
         "seed": 0,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
+        # LLaMA-Factory turns activation checkpointing on unless told not to; TRL leaves it off. Same for both here.
+        "disable_gradient_checkpointing": not options.checkpointing,
     }
     cgd_settings = {**common, "model": str(model_dir), "data": str(sets / "cgd.jsonl"), "output_dir": str(workdir)}
 
-    results: dict[str, list[dict]] = {"LLaMA-Factory 0.9.5 (Alpaca export)": [], "CGDTrainer (CGD columns)": []}
-    runners = {
-        "LLaMA-Factory 0.9.5 (Alpaca export)": lambda: run(options.lf_python, LF_DRIVER, lf_config, workdir, "lf"),
-        "CGDTrainer (CGD columns)": lambda: run(sys.executable, CGD_DRIVER, cgd_settings, workdir, "cgd"),
-    }
+    lf_versions = subprocess.run(
+        [options.lf_python, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    lf_stack = f"torch {lf_versions[0]}, transformers {lf_versions[1]}"
+    import torch
+    import transformers
+
+    lf_name = f"LLaMA-Factory 0.9.5 (Alpaca export; {lf_stack})"
+    runners = {lf_name: lambda: run(options.lf_python, LF_DRIVER, lf_config, workdir, "lf")}
+    # CGDTrainer on LLaMA-Factory's own torch and transformers, so that only the trainers differ; and on this
+    # environment's libraries with --own_stack (or when trl/datasets cannot be added to LLaMA-Factory's Python).
+    path = overlay(options.lf_python) if options.same_stack else None
+    if options.same_stack and not path:
+        print("Could not install trl/datasets for LLaMA-Factory's Python: CGDTrainer runs on this environment only.")
+    stacks = []
+    if path:
+        stacks.append((f"LLaMA-Factory's {lf_stack}", options.lf_python, path))
+    if options.own_stack or not path:
+        stacks.append((f"torch {torch.__version__}, transformers {transformers.__version__}", sys.executable, None))
+    for stack, python, pythonpath in stacks:
+        for fused in (True, False):
+            head = "fused LM head" if fused else "cgd_fused_lm_head=False"
+            settings = {**cgd_settings, "fused": fused}
+            tag = f"cgd-{len(runners)}"
+            runners[f"CGDTrainer ({head}; {stack})"] = (
+                lambda python=python, settings=settings, tag=tag, pythonpath=pythonpath: run(
+                    python, CGD_DRIVER, settings, workdir, tag, pythonpath=pythonpath
+                )
+            )
     names = list(runners)
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(options.repeats):
-        for name in names[repeat % 2 :] + names[: repeat % 2]:
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
             results[name].append(runners[name]())
 
     print(
         f"model h{options.hidden} x {options.layers} layers (ChatML), 256 demo CGD records, batch 8, max length 1024, "
-        f"fp32, CPU ({os.cpu_count()} cores); {options.steps} steps x {options.repeats} runs, median of steps 3+\n"
+        f"fp32, activation checkpointing {'on' if options.checkpointing else 'off'}, CPU ({os.cpu_count()} cores); "
+        f"{options.steps} steps x {options.repeats} runs, median of steps 3+\n"
     )
     print(
         "| framework | tokens/step | padded batch size (tokens) | trained tokens/step | ms/step | tokens/s | "
@@ -205,11 +275,14 @@ def main() -> None:
             f"| {name} | {tokens:.0f} | {padded:.0f} | {trained:.0f} | {step * 1000:.1f} | {tokens / step:.0f} | "
             f"{trained / step:.0f} | {peak:.0f} |"
         )
-    (lf_rate, lf_trained), (cgd_rate, cgd_trained) = rates[names[0]], rates[names[1]]
-    print(
-        f"\nCGDTrainer / LLaMA-Factory: tokens/s {cgd_rate / lf_rate:.2f}, trained tokens/s "
-        f"{cgd_trained / lf_trained:.2f}"
-    )
+    lf_rate, lf_trained = rates[lf_name]
+    print()
+    for name in names[1:]:
+        cgd_rate, cgd_trained = rates[name]
+        print(
+            f"{name} / LLaMA-Factory: tokens/s {cgd_rate / lf_rate:.2f}, trained tokens/s "
+            f"{cgd_trained / lf_trained:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,9 @@ def test_same_signature_and_loss_code_as_sft_trainer():
     ours = list(inspect.signature(CGDTrainer.__init__).parameters.items())
     theirs = list(inspect.signature(SFTTrainer.__init__).parameters.items())
     assert [(n, p.kind, p.default) for n, p in ours] == [(n, p.kind, p.default) for n, p in theirs]
-    # The fused LM-head loss and the training step are TRL's own.
-    for name in ("compute_loss", "training_step", "prediction_step", "evaluate"):
+    # The training step is TRL's own; `compute_loss` hands over to TRL's unless `cgd_fused_lm_head=False` (the losses
+    # are compared with SFTTrainer's below).
+    for name in ("training_step", "prediction_step", "evaluate"):
         assert getattr(CGDTrainer, name) is getattr(SFTTrainer, name)
 
 
@@ -153,6 +154,46 @@ def test_identical_losses_to_sft_trainer_on_converted_data(tmp_path, tokenizers,
     assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
     assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
     assert _losses(cgd) == _losses(sft)
+
+
+def _logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_full_logits_loss_equals_the_fused_lm_head(tmp_path, tokenizers, dataset, packing):
+    # `cgd_fused_lm_head=False` trades memory for speed; it must train the same thing and log the same metrics, with
+    # gradient accumulation, padded or padding-free.
+    tokenizer = tokenizers["chatml"]
+    trainers = [
+        CGDTrainer(
+            model=build_model(tokenizer, "chatml"),
+            args=make_config(
+                tmp_path, max_steps=3, gradient_accumulation_steps=2, packing=packing, cgd_fused_lm_head=fused
+            ),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        for fused in (True, False)
+    ]
+    batch = next(iter(trainers[0].get_train_dataloader()))
+    for trainer in trainers:
+        trainer.model.eval()
+    with torch.no_grad():
+        fused_loss, outputs = trainers[0].compute_loss(trainers[0].model, dict(batch), return_outputs=True)
+        full_loss, full_outputs = trainers[1].compute_loss(trainers[1].model, dict(batch), return_outputs=True)
+    assert full_loss.item() == pytest.approx(fused_loss.item(), rel=1e-5)
+    assert full_outputs.logits.shape == (*batch["input_ids"].shape, trainers[1].model.config.vocab_size)
+    for trainer in trainers:
+        trainer.model.train()
+        trainer._metrics["train"].clear()
+        trainer.train()
+    fused, full = trainers
+    assert _logged(full, "loss") == pytest.approx(_logged(fused, "loss"), rel=1e-4)
+    assert _logged(full, "entropy") == pytest.approx(_logged(fused, "entropy"), rel=1e-4)
+    assert _logged(full, "mean_token_accuracy") == pytest.approx(_logged(fused, "mean_token_accuracy"), abs=1e-6)
+    assert _logged(full, "num_tokens") == _logged(fused, "num_tokens")
+    assert _logged(full, "num_tokens")[-1] > 0
 
 
 @pytest.mark.parametrize("kind", ["prompt_completion", "messages", "text"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedTokenizerBase, ProcessorMixin, TrainerCallback, TrainingArguments
+from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
@@ -141,6 +141,43 @@ class CGDTrainer(SFTTrainer):
         )
         if advice:
             logger.warning(advice)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """
+        TRL's fused LM-head loss, or with `cgd_fused_lm_head=False` the full logits and the model's own cross-entropy
+        (what `transformers.Trainer` does), logging the same metrics as TRL: entropy and mean token accuracy over the
+        trained tokens, and the number of tokens seen.
+        """
+        if getattr(self.args, "cgd_fused_lm_head", True):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True  # the model then adds its load-balancing loss itself
+        # TRL patched the model's forward; without `fused_lm_head=True` it is the model's own.
+        loss, outputs = Trainer.compute_loss(
+            self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        with torch.no_grad():
+            labels = inputs["labels"][..., 1:]
+            mask = labels != -100
+            logits = outputs.logits[..., :-1, :][mask].float()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            correct = logits.argmax(-1) == labels[mask]
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(mask.sum()).sum()
+        entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                seen = gather(inputs["attention_mask"].sum()).sum().item()
+            else:  # padding-free rows: every position is a token
+                seen = gather(torch.tensor(inputs["position_ids"].size(1), device=loss.device)).sum().item()
+            self._total_train_tokens += seen // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
     def _is_cgd(self, dataset: Dataset | IterableDataset) -> bool:
         return self.cgd_collator.is_cgd(get_dataset_column_names(dataset))
