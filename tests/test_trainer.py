@@ -196,6 +196,36 @@ def test_full_logits_loss_equals_the_fused_lm_head(tmp_path, tokenizers, dataset
     assert _logged(full, "num_tokens")[-1] > 0
 
 
+def test_full_logits_with_label_smoothing(tmp_path, tokenizers, dataset):
+    # `Trainer.compute_loss` takes the labels out of the inputs for label smoothing; the metrics still need them.
+    tokenizer = tokenizers["chatml"]
+    trainer = CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=make_config(tmp_path, label_smoothing_factor=0.1, cgd_fused_lm_head=False),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert len(_logged(trainer, "entropy")) == 2 and all(torch.isfinite(torch.tensor(_logged(trainer, "loss"))))
+
+
+def test_trained_token_stats_in_chunks():
+    from cgd_trainer.trainer import _trained_token_stats
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[0, :3] = -100
+    labels[1, 5] = -100
+    mask, entropy, correct = _trained_token_stats(logits, labels, chunk=3)
+    expected_mask = labels[:, 1:] != -100
+    picked = logits[:, :-1][expected_mask]
+    log_probs = picked.log_softmax(-1)
+    assert torch.equal(mask, expected_mask)
+    assert entropy.item() == pytest.approx(-(log_probs.exp() * log_probs).sum().item(), rel=1e-6)
+    assert correct.item() == int((picked.argmax(-1) == labels[:, 1:][expected_mask]).sum())
+
+
 @pytest.mark.parametrize("kind", ["prompt_completion", "messages", "text"])
 def test_trl_data_passes_through(tmp_path, tokenizers, records, kind):
     tokenizer = tokenizers["chatml"]

@@ -154,20 +154,15 @@ class CGDTrainer(SFTTrainer):
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True  # the model then adds its load-balancing loss itself
+        labels = inputs["labels"]  # read first: with label smoothing, `Trainer.compute_loss` pops it
         # TRL patched the model's forward; without `fused_lm_head=True` it is the model's own.
         loss, outputs = Trainer.compute_loss(
             self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
-        with torch.no_grad():
-            labels = inputs["labels"][..., 1:]
-            mask = labels != -100
-            logits = outputs.logits[..., :-1, :][mask].float()
-            log_probs = torch.log_softmax(logits, dim=-1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
-            correct = logits.argmax(-1) == labels[mask]
+        mask, entropy_sum, num_correct = _trained_token_stats(outputs.logits, labels)
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(mask.sum()).sum()
-        entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()
+        entropy_sum, num_correct = gather(entropy_sum).sum(), gather(num_correct).sum()
         self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
         if mode == "train":
@@ -292,6 +287,34 @@ class CGDTrainer(SFTTrainer):
             logger.warning(message)
         else:
             logger.info(message)
+
+
+@torch.no_grad()
+def _trained_token_stats(logits: torch.Tensor, labels: torch.Tensor, chunk: int = 512):
+    """
+    The mask of trained next-token positions, and the summed entropy and count of top-1 hits over them, computed in
+    chunks of positions so that the float32 copies stay small next to the logits themselves.
+
+    Args:
+        logits: `(batch, length, vocabulary)` logits.
+        labels: `(batch, length)` labels, `-100` where not trained; position `t` predicts `labels[t + 1]`.
+        chunk: Positions per chunk.
+
+    Returns:
+        `(mask, entropy_sum, num_correct)`: the `(batch, length - 1)` mask and two scalar tensors.
+    """
+    targets = labels[..., 1:]
+    mask = targets != -100
+    rows, cols = mask.nonzero(as_tuple=True)
+    entropy_sum = torch.zeros((), device=logits.device, dtype=torch.float32)
+    num_correct = torch.zeros((), device=logits.device, dtype=torch.long)
+    for start in range(0, rows.numel(), chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        part = logits[r, c].float()
+        log_probs = torch.log_softmax(part, dim=-1)
+        entropy_sum += -(log_probs.exp() * log_probs).sum()
+        num_correct += (part.argmax(-1) == targets[r, c]).sum()
+    return mask, entropy_sum, num_correct
 
 
 def packed_attention_advice(attn_implementation: str | None, padding_free: bool, device_type: str) -> str | None:
