@@ -284,11 +284,14 @@ class CritiqueCollator(DataCollatorMixin):
         tokenizer = _tokenizer_of(processing_class)
         refined = example[self.refined_response_field]
         parts = self._parts(example)
+        # The first cut of a field also adds the marker: cutting its tokens too saves a second round of tokenization.
+        marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
         for key in SHORTEN_ORDER:
             ids = tokenizer(parts[key], add_special_tokens=False)["input_ids"]
-            kept = len(ids)
+            kept, extra = len(ids), marker
             while len(full_ids) > self.max_length and kept > 0:
-                kept = max(0, kept - (len(full_ids) - self.max_length))
+                kept = max(0, kept - (len(full_ids) - self.max_length) - extra)
+                extra = 0
                 parts[key] = tokenizer.decode(ids[:kept]) + self.truncation_marker
                 formatted = self._render(parts, refined, layout, index, dataset_name)
                 full_ids = self._full_ids(formatted, processing_class, template_kwargs)
