@@ -122,10 +122,10 @@ def _loading(runs: dict, kinds: list[str], steps: int, rounds: int = 5) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the step-interleaved comparison")
-    parser.add_argument("--ab_seconds", type=float, default=12, help="time for it per model when --rounds is unset")
+    parser.add_argument("--ab_seconds", type=float, default=10, help="time for it per model when --rounds is unset")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--packed", action="store_true", help="also packed (bfd) batches: slow with sdpa on a CPU")
     parser.add_argument("--records", type=int, default=256)
