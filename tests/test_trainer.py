@@ -172,6 +172,7 @@ def test_full_logits_loss_equals_the_fused_lm_head(tmp_path, tokenizers, dataset
                 tmp_path, max_steps=3, gradient_accumulation_steps=2, packing=packing, cgd_fused_lm_head=fused
             ),
             train_dataset=dataset,
+            eval_dataset=dataset.select(range(8)),
             processing_class=tokenizer,
         )
         for fused in (True, False)
@@ -194,6 +195,9 @@ def test_full_logits_loss_equals_the_fused_lm_head(tmp_path, tokenizers, dataset
     assert _logged(full, "mean_token_accuracy") == pytest.approx(_logged(fused, "mean_token_accuracy"), abs=1e-6)
     assert _logged(full, "num_tokens") == _logged(fused, "num_tokens")
     assert _logged(full, "num_tokens")[-1] > 0
+    fused_eval, full_eval = fused.evaluate(), full.evaluate()
+    assert full_eval["eval_loss"] == pytest.approx(fused_eval["eval_loss"], rel=1e-5)
+    assert full_eval["eval_mean_token_accuracy"] == pytest.approx(fused_eval["eval_mean_token_accuracy"], abs=1e-6)
 
 
 def test_full_logits_with_label_smoothing(tmp_path, tokenizers, dataset):
