@@ -200,17 +200,98 @@ def test_full_logits_loss_equals_the_fused_lm_head(tmp_path, tokenizers, dataset
     assert full_eval["eval_mean_token_accuracy"] == pytest.approx(fused_eval["eval_mean_token_accuracy"], abs=1e-6)
 
 
-def test_full_logits_with_label_smoothing(tmp_path, tokenizers, dataset):
-    # `Trainer.compute_loss` takes the labels out of the inputs for label smoothing; the metrics still need them.
+def test_full_logits_with_label_smoothing_and_compute_metrics(tmp_path, tokenizers, dataset):
+    # `Trainer.compute_loss` takes the labels out of its inputs for label smoothing: the smoothed loss must equal the
+    # fused head's, and `compute_metrics` must still receive the labels at evaluation.
     tokenizer = tokenizers["chatml"]
-    trainer = CGDTrainer(
+    seen = []
+
+    def metrics(prediction):
+        seen.append(prediction.label_ids.shape)
+        return {"seen": 1.0}
+
+    trainers = [
+        CGDTrainer(
+            model=build_model(tokenizer, "chatml"),
+            args=make_config(tmp_path, label_smoothing_factor=0.1, cgd_fused_lm_head=fused),
+            train_dataset=dataset,
+            eval_dataset=dataset.select(range(4)),
+            processing_class=tokenizer,
+            compute_metrics=metrics,
+        )
+        for fused in (True, False)
+    ]
+    batch = next(iter(trainers[0].get_train_dataloader()))
+    with torch.no_grad():
+        losses = [t.compute_loss(t.model.eval(), dict(batch)).item() for t in trainers]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    no_smoothing = CGDTrainer(
         model=build_model(tokenizer, "chatml"),
-        args=make_config(tmp_path, label_smoothing_factor=0.1, cgd_fused_lm_head=False),
+        args=make_config(tmp_path, cgd_fused_lm_head=False),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    trainer.train()
-    assert len(_logged(trainer, "entropy")) == 2 and all(torch.isfinite(torch.tensor(_logged(trainer, "loss"))))
+    with torch.no_grad():
+        assert no_smoothing.compute_loss(no_smoothing.model.eval(), dict(batch)).item() != pytest.approx(losses[1])
+    result = trainers[1].evaluate()
+    assert result["eval_seen"] == 1.0 and len(seen) == 1
+    trainers[1].train()
+    assert len(_logged(trainers[1], "entropy")) == 2
+
+
+def test_full_logits_refuses_dft_and_router_losses(tmp_path, tokenizers, dataset):
+    with pytest.raises(ValueError, match="loss_type='nll'"):
+        make_config(tmp_path, cgd_fused_lm_head=False, loss_type="dft")
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    tokenizer = tokenizers["chatml"]
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        output_router_logits=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        CGDTrainer(
+            model=MixtralForCausalLM(config),
+            args=make_config(tmp_path, cgd_fused_lm_head=False),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+
+
+def test_full_logits_metrics_with_prompt_tuning(tmp_path, tokenizers, dataset):
+    # Prompt tuning prepends virtual tokens to the logits but not to the labels.
+    from peft import PromptTuningConfig
+
+    tokenizer = tokenizers["chatml"]
+    model = build_model(tokenizer, "chatml")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # peaked predictions, so that a shifted position changes the metrics
+    trainer = CGDTrainer(
+        model=model,
+        args=make_config(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    metrics = []
+    for fused in (True, False):
+        trainer.args.cgd_fused_lm_head = fused
+        trainer._metrics["eval"].clear()
+        with torch.no_grad():
+            trainer.compute_loss(trainer.model, dict(batch))
+        metrics.append((trainer._metrics["eval"]["entropy"][0], trainer._metrics["eval"]["mean_token_accuracy"][0]))
+    assert metrics[1][0] == pytest.approx(metrics[0][0], rel=1e-4)
+    assert metrics[1][1] == pytest.approx(metrics[0][1], abs=1e-6)
 
 
 def test_trained_token_stats_in_chunks():

@@ -141,6 +141,12 @@ class CGDTrainer(SFTTrainer):
         )
         if advice:
             logger.warning(advice)
+        if not getattr(self.args, "cgd_fused_lm_head", True) and self.aux_loss_enabled:
+            # TRL spreads the router's load-balancing loss over the accumulation steps; the model's own loss does not.
+            raise ValueError(
+                "`cgd_fused_lm_head=False` does not support mixture-of-experts models with a router auxiliary loss: "
+                "keep the default `cgd_fused_lm_head=True` (or set `router_aux_loss_coef=0`)."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """
@@ -152,14 +158,17 @@ class CGDTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
-        if self.aux_loss_enabled:
-            inputs["output_router_logits"] = True  # the model then adds its load-balancing loss itself
-        labels = inputs["labels"]  # read first: with label smoothing, `Trainer.compute_loss` pops it
-        # TRL patched the model's forward; without `fused_lm_head=True` it is the model's own.
+        labels = inputs["labels"]
+        # TRL patched the model's forward; without `fused_lm_head=True` it is the model's own. A copy of the inputs:
+        # with label smoothing or a `compute_loss_func`, `Trainer.compute_loss` pops the labels, which TRL's
+        # `prediction_step` reads afterwards for `compute_metrics`.
         loss, outputs = Trainer.compute_loss(
-            self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            self, model, dict(inputs), return_outputs=True, num_items_in_batch=num_items_in_batch
         )
-        mask, entropy_sum, num_correct = _trained_token_stats(outputs.logits, labels)
+        logits = outputs.logits
+        if logits.size(1) > labels.size(1):  # prompt-learning PEFT prepends virtual tokens, which are never trained
+            labels = torch.nn.functional.pad(labels, (logits.size(1) - labels.size(1), 0), value=-100)
+        mask, entropy_sum, num_correct = _trained_token_stats(logits, labels)
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(mask.sum()).sum()
         entropy_sum, num_correct = gather(entropy_sum).sum(), gather(num_correct).sum()
