@@ -145,6 +145,8 @@ def main(
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.accelerator.print(summarize(trainer))
+    # Every rank reaches this point before any of them tears the process group down.
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers >= 5.18 closes trackers and the process group here
         trainer.end()
     return trainer
