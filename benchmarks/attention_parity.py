@@ -28,7 +28,8 @@ from cgd_trainer import CGDTrainer  # noqa: E402
 from cgd_trainer.tiny import build_tokenizer  # noqa: E402
 
 
-def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> float:
+def build_model(attn: str, tokenizer, device: str, dtype) -> Qwen2ForCausalLM:
+    """The same seeded h256 x 4-layer Qwen2 model for every kernel, so that only the attention differs."""
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -42,7 +43,11 @@ def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> 
         eos_token_id=tokenizer.eos_token_id,
     )
     config._attn_implementation = attn
-    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    return Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> float:
+    model = build_model(attn, tokenizer, device, dtype).eval()
     with tempfile.TemporaryDirectory() as output_dir:
         args = bench_config(
             output_dir,
@@ -65,20 +70,7 @@ def loss_with(attn: str, packing: bool, data, tokenizer, device: str, dtype) -> 
 def train_losses(attn: str, fused: bool, data, tokenizer, device: str, dtype, steps: int) -> list[float]:
     from peft import LoraConfig
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    config._attn_implementation = attn
-    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
+    model = build_model(attn, tokenizer, device, dtype)
     with tempfile.TemporaryDirectory() as output_dir:
         args = bench_config(
             output_dir,
