@@ -25,7 +25,7 @@ from datasets import load_dataset  # noqa: E402
 from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from cgd_trainer import CGDTrainer  # noqa: E402
-from cgd_trainer.tiny import build_tokenizer  # noqa: E402
+from cgd_trainer.demo.tiny import build_tokenizer  # noqa: E402
 
 
 def build_model(attn: str, tokenizer, device: str, dtype) -> Qwen2ForCausalLM:

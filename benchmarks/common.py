@@ -9,7 +9,7 @@ import warnings
 
 from transformers import TrainerCallback
 
-from cgd_trainer.demo_data import generate_records
+from cgd_trainer.demo.problems import generate_records
 
 # Length ranges of the paper's data (WebInstruct questions, student drafts, teacher critiques and refinements), in
 # tokens; the generator draws this many words, which the tiny tokenizer splits into about 1.5 tokens each.

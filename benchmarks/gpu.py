@@ -32,7 +32,7 @@ from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM  # noqa:
 from trl.trainer.utils import compute_flops_per_token, get_peak_flops  # noqa: E402
 
 from cgd_trainer import CGDTrainer  # noqa: E402
-from cgd_trainer.tiny import build_tokenizer  # noqa: E402
+from cgd_trainer.demo.tiny import build_tokenizer  # noqa: E402
 
 # Qwen2-0.5B's shape; the vocabulary is its full size, so the LM head costs what it costs there.
 QWEN2_0_5B = dict(

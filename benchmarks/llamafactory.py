@@ -159,9 +159,9 @@ def main() -> None:
     if not Path(options.lf_python).exists():
         sys.exit(f"No LLaMA-Factory Python at {options.lf_python}; see the instructions at the top of this file.")
 
-    from cgd_trainer.build import cli_main as build_main
-    from cgd_trainer.demo_data import demo_data_path
-    from cgd_trainer.tiny import build_model, build_tokenizer
+    from cgd_trainer.commands.build import run as build_main
+    from cgd_trainer.demo.problems import demo_data_path
+    from cgd_trainer.demo.tiny import build_model, build_tokenizer
 
     workdir = Path(tempfile.mkdtemp(prefix="cgd-lf-bench-"))
     model_dir = workdir / "model"

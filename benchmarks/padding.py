@@ -22,7 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 from trl.data_utils import pack_dataset  # noqa: E402
 
 from cgd_trainer import CGDTrainer  # noqa: E402
-from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
+from cgd_trainer.demo.tiny import build_model, build_tokenizer  # noqa: E402
 
 
 def padding_share(lengths: list[int], order: list[int], batch: int) -> float:

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cgd_trainer.backends import OpenAIBackend, Request, Sampling  # noqa: E402
-from cgd_trainer.demo import prepare_builtin_model  # noqa: E402
-from cgd_trainer.demo_data import generate_records  # noqa: E402
-from cgd_trainer.generate import GenerateConfig, Pipeline  # noqa: E402
+from cgd_trainer.demo.problems import generate_records  # noqa: E402
+from cgd_trainer.demo.tiny import prepare_builtin_model  # noqa: E402
+from cgd_trainer.pipeline import GenerateConfig, Pipeline  # noqa: E402
 from servers import ScriptedServer, transformers_serve  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from datasets import Dataset  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from cgd_trainer import CGDTrainer  # noqa: E402
-from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
+from cgd_trainer.demo.tiny import build_model, build_tokenizer  # noqa: E402
 
 # Runs inside LLaMA-Factory's virtualenv: its SFT data preparation alone (read the Alpaca file, render, tokenize, cut).
 LF_PREPARE = r"""
@@ -47,7 +47,7 @@ print(json.dumps({"seconds": seconds, "rows": len(rows), "tokens": sum(map(len, 
 
 def llamafactory_rows(lf_python: str, records: list[dict], tokenizer, max_length: int, workdir: Path) -> list[str]:
     """LLaMA-Factory's preparation of the same records with 1 and 2 processes, as table rows."""
-    from cgd_trainer.build import cli_main as build_main
+    from cgd_trainer.commands.build import run as build_main
 
     (workdir / "model").mkdir()
     tokenizer.save_pretrained(workdir / "model")

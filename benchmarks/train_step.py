@@ -26,8 +26,8 @@ from transformers import PrinterCallback  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from cgd_trainer import CGDConfig, CGDTrainer, CritiqueCollator  # noqa: E402
-from cgd_trainer.demo_data import generate_records  # noqa: E402
-from cgd_trainer.tiny import build_model, build_tokenizer  # noqa: E402
+from cgd_trainer.demo.problems import generate_records  # noqa: E402
+from cgd_trainer.demo.tiny import build_model, build_tokenizer  # noqa: E402
 
 MODELS = {"tiny": (64, 2), "small": (256, 4), "20M": (512, 8)}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from cgd_trainer import CGDConfig, tiny
-from cgd_trainer.tiny import CHATML_TEMPLATE, CHATML_TRAINING_TEMPLATE  # noqa: F401  (re-exported for the tests)
+from cgd_trainer import CGDConfig
+from cgd_trainer.demo import tiny
+from cgd_trainer.demo.tiny import CHATML_TEMPLATE, CHATML_TRAINING_TEMPLATE  # noqa: F401  (re-exported for the tests)
 
 # What follows the refined answer and is trained with it, per family.
 TRAINED_SUFFIX = {"chatml": "<|im_end|>\n", "llama3": "<|eot_id|>", "plain": "</s>"}
@@ -66,7 +67,7 @@ def _corpus() -> list[str]:
     texts = []
     for record in make_records(200, seed=123, long_every=5):
         texts.extend(record[key] for key in ("prompt", "initial_response", "critique", "refined_response"))
-    from cgd_trainer.formatting import (
+    from cgd_trainer.templates import (
         DEFAULT_CRITIQUE_TEMPLATE,
         DEFAULT_INSTRUCTION,
         DEFAULT_TEMPLATE,
@@ -79,7 +80,7 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(family: str, vocab_size: int = 700):
-    """A tokenizer of the given family trained on the test records (see `cgd_trainer.tiny`)."""
+    """A tokenizer of the given family trained on the test records (see `cgd_trainer.demo.tiny`)."""
     return tiny.build_tokenizer(family, texts=_corpus(), vocab_size=vocab_size)
 
 

@@ -11,9 +11,10 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from cgd_trainer import CritiqueCollator, cli
-from cgd_trainer.demo import demo_recipe_path, summarize
-from cgd_trainer.demo_data import demo_data_path, generate_records, to_jsonl
-from cgd_trainer.train import make_parser, with_default_recipe
+from cgd_trainer.commands.train import make_parser, with_default_recipe
+from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
+from cgd_trainer.demo.run import demo_recipe_path
+from cgd_trainer.train import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "examples" / "recipes").rglob("*.yaml"))
@@ -282,7 +283,7 @@ def test_cgd_console_script_is_declared():
 
 def test_train_from_local_jsonl_file(tmp_path):
     # A local JSONL file as `dataset_name`, in-process, with an eval split from the recipe-style mixture.
-    from cgd_trainer.train import cli_main
+    from cgd_trainer.commands.train import run as cli_main
 
     data = tmp_path / "records.jsonl"
     data.write_text(to_jsonl(generate_records(24)))
@@ -318,7 +319,7 @@ def test_train_from_local_jsonl_file(tmp_path):
 
 
 def test_eval_without_test_split_is_a_clear_error(tmp_path):
-    from cgd_trainer.train import cli_main
+    from cgd_trainer.commands.train import run as cli_main
 
     with pytest.raises(ValueError, match="needs a 'test' split"):
         cli_main(["--max_steps", "1", "--eval_strategy", "steps", "--output_dir", str(tmp_path)])

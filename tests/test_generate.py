@@ -15,9 +15,10 @@ import pytest
 from datasets import load_dataset
 
 from cgd_trainer.backends import OpenAIBackend, Request, Sampling, TransformersBackend, make_backend
-from cgd_trainer.demo_data import demo_data_path
-from cgd_trainer.generate import GenerateConfig, Pipeline, StageStore, cli_main
-from cgd_trainer.prompts import parse_verdict, strip_thinking
+from cgd_trainer.commands.generate import run as cli_main
+from cgd_trainer.demo.problems import demo_data_path
+from cgd_trainer.pipeline import GenerateConfig, Pipeline, StageStore
+from cgd_trainer.records import parse_verdict, strip_thinking
 from servers import ScriptedServer
 
 DEMO = [json.loads(line) for line in demo_data_path().read_text("utf-8").splitlines()]
@@ -412,7 +413,7 @@ PIPELINE_RECIPES = sorted((Path(__file__).parent.parent / "examples" / "pipeline
 
 @pytest.mark.parametrize("recipe", PIPELINE_RECIPES, ids=lambda p: p.name)
 def test_pipeline_recipes_parse(recipe):
-    from cgd_trainer.generate import make_parser
+    from cgd_trainer.commands.generate import make_parser
 
     (config,) = make_parser().parse_args_and_config(args=["--config", str(recipe)], fail_with_unknown_args=True)
     assert config.stages == ["probe", "critique", "refine"] and config.temperature == 0.0
@@ -421,8 +422,8 @@ def test_pipeline_recipes_parse(recipe):
 
 
 def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
-    from cgd_trainer.build import cli_main as build_main
-    from cgd_trainer.train import cli_main as train_main
+    from cgd_trainer.commands.build import run as build_main
+    from cgd_trainer.commands.train import run as train_main
 
     data = tmp_path / "data"
     # A real local student (the tiny model, greedy) and the offline teacher.
@@ -521,7 +522,7 @@ def test_vllm_auto_format_follows_the_chat_template(monkeypatch, tiny_dirs):
 
 
 def test_prompts_keep_latex_braces():
-    from cgd_trainer.prompts import CRITIQUE_TEMPLATE, REFINE_SYSTEM, fill
+    from cgd_trainer.templates import CRITIQUE_TEMPLATE, REFINE_SYSTEM, fill
 
     question = r"Compute $\frac{1}{x^{2}}$ and give \boxed{\frac{1}{4}}."
     answer = r"$\sqrt{\frac{a}{b}}$ {{not a placeholder}}"
@@ -565,7 +566,7 @@ def test_new_drafts_invalidate_old_critiques(tmp_path):
 
 
 def test_extra_body_is_part_of_the_request_key():
-    from cgd_trainer.generate import request_key
+    from cgd_trainer.pipeline import request_key
 
     request = Request("x", messages=[{"role": "user", "content": "hi"}])
     keys = {

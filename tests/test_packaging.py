@@ -17,7 +17,7 @@ RUN = textwrap.dedent(
     import cgd_trainer
     assert cgd_trainer.__file__.startswith({prefix!r}), cgd_trainer.__file__
     assert importlib.util.find_spec("bitsandbytes") is None, "no extra should be installed"
-    from cgd_trainer.demo_data import demo_data_path, generate_records, to_jsonl
+    from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
     assert demo_data_path().read_text(encoding="utf-8") == to_jsonl(generate_records()), "demo data missing"
     from datasets import Dataset
     from helpers import build_model, build_tokenizer, make_config, make_records

@@ -1,65 +1,60 @@
-"""The `cgd` command: `cgd train`, `cgd demo`, the data pipeline and the evaluation commands."""
+"""The `cgd` command. Each subcommand lives in `cgd_trainer.commands` (or `cgd_trainer.demo.run`) and is imported only
+when it runs, so that `cgd --help` and `cgd build --help` start at once, without torch or TRL.
+
+Exit statuses: 0 done, 2 a usage or configuration error (one line on stderr, no traceback; set `CGD_TRACEBACK=1` to
+see it anyway), 3 work left undone (see `cgd_trainer.commands`), 1 a bug (with its traceback).
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
-from collections.abc import Callable
 
+EXIT_USAGE = 2  # the same value as cgd_trainer.commands.EXIT_USAGE, kept here so that `--help` imports nothing
 
-def _train(argv: list[str]) -> None:
-    from .train import cli_main
-
-    cli_main(argv, prog="cgd train")
-
-
-def _demo(argv: list[str]) -> None:
-    from .demo import cli_main
-
-    cli_main(argv)
-
-
-def _generate(argv: list[str]) -> None:
-    from .generate import cli_main
-
-    cli_main(argv)
-
-
-def _build(argv: list[str]) -> None:
-    from .build import cli_main
-
-    cli_main(argv)
-
-
-def _eval(argv: list[str]) -> None:
-    from .evaluate import cli_main
-
-    cli_main(argv)
-
-
-def _diagnose(argv: list[str]) -> None:
-    from .diagnose import cli_main
-
-    cli_main(argv)
-
-
-# name -> (handler, one-line help). Each handler parses its own arguments, TrlParser-style with `--config`.
-COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
-    "train": (_train, "train a CGD student (same flags and YAML recipes as examples/train.py)"),
-    "demo": (_demo, "run the offline demo: tiny local model, shipped CGD records, CPU"),
-    "generate": (_generate, "generate CGD data: probe (student) -> critique -> refine (teacher), resumable"),
-    "build": (_build, "build training sets for every condition (CGD, SFT, CFT, ablations, verdict ratios)"),
-    "eval": (_eval, "evaluate models or checkpoints on math benchmarks (math-verify, pass@k, format drift)"),
-    "diagnose": (_diagnose, "refinement uncertainty: NLL/entropy of refined answers with and without the critique"),
+# name -> (module with `main(argv) -> int`, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cgd_trainer.commands.train", "train a CGD student (same flags and YAML recipes as examples/train.py)"),
+    "demo": ("cgd_trainer.demo.run", "run the offline demo: tiny local model, shipped CGD records, CPU"),
+    "generate": (
+        "cgd_trainer.commands.generate",
+        "generate CGD data: probe (student) -> critique -> refine (teacher), resumable",
+    ),
+    "build": (
+        "cgd_trainer.commands.build",
+        "build training sets for every condition (CGD, SFT, CFT, ablations, verdict ratios)",
+    ),
+    "eval": (
+        "cgd_trainer.commands.eval",
+        "evaluate models or checkpoints on math benchmarks (math-verify, pass@k, format drift)",
+    ),
+    "diagnose": (
+        "cgd_trainer.commands.diagnose",
+        "refinement uncertainty: NLL/entropy of refined answers with and without the critique",
+    ),
 }
+
+# Errors that are the user's to fix (a bad value, a missing file, a bad record): one line, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ImportError)
 
 
 def usage() -> str:
     rows = "\n".join(f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items())
-    return f"usage: cgd <command> [flags]\n\ncommands:\n{rows}\n\nRun `cgd <command> --help` for its flags."
+    return (
+        f"usage: cgd <command> [flags]\n\ncommands:\n{rows}\n\nRun `cgd <command> --help` for its flags.\n"
+        "Exit status: 0 done, 2 usage or configuration error, 3 work left undone (rerun to continue)."
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `cgd` console script."""
+    """Entry point of the `cgd` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -67,9 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"cgd: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    COMMANDS[command][0](rest)
-    return 0
+        return EXIT_USAGE
+    if not logging.getLogger().handlers:  # once, for every command; a caller's own logging set-up is kept
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return importlib.import_module(COMMANDS[command][0]).main(rest)
+    except USER_ERRORS as error:
+        if os.environ.get("CGD_TRACEBACK"):
+            raise
+        print(f"cgd {command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"cgd {command}: interrupted; rerun the same command to continue.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,18 +12,18 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl.data_utils import _tokenize, common_prefix_length
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from .formatting import (
+from .records import record_error, validate_record
+from .templates import (
     CHAT_LAYOUTS,
     DEFAULT_CRITIQUE_TEMPLATE,
     DEFAULT_INSTRUCTION,
     DEFAULT_TEMPLATE,
     LAYOUTS,
+    PLACEHOLDERS,
     PLAIN_ANSWER_HEADER,
     TRUNCATION_POLICIES,
     check_template,
-    fill_template,
-    record_error,
-    validate_record,
+    fill,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,8 @@ class CritiqueCollator(DataCollatorMixin):
             raise ValueError(f"`layout` must be one of {['auto', *LAYOUTS]}, got {self.layout!r}.")
         if self.truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"`truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.truncation!r}.")
-        check_template(self.template, "template", required=("question", "initial_response", "critique"))
-        check_template(self.critique_template, "critique_template", required=("critique",))
+        check_template(self.template, "template", ("question", "initial_response", "critique"), PLACEHOLDERS)
+        check_template(self.critique_template, "critique_template", ("critique",), ("critique", "instruction"))
 
     @classmethod
     def from_config(
@@ -453,7 +453,7 @@ class CritiqueCollator(DataCollatorMixin):
         instruction = self.instruction if self.instruction is not None else DEFAULT_INSTRUCTION
         history = list(parts["history"])
         if layout == "multi_turn":
-            follow_up = fill_template(
+            follow_up = fill(
                 self.critique_template or DEFAULT_CRITIQUE_TEMPLATE,
                 critique=parts["critique"],
                 instruction=instruction,
@@ -464,7 +464,7 @@ class CritiqueCollator(DataCollatorMixin):
                 {"role": "user", "content": follow_up},
             ]
             return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}
-        context = fill_template(
+        context = fill(
             self.template or DEFAULT_TEMPLATE,
             instruction=instruction,
             question=parts["question"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .formatting import LAYOUTS, TRUNCATION_POLICIES, check_template
+from .templates import LAYOUTS, PLACEHOLDERS, TRUNCATION_POLICIES, check_template
 
 
 @dataclass
@@ -106,8 +106,10 @@ class CGDConfig(SFTConfig):
             raise ValueError(
                 f"`cgd_truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.cgd_truncation!r}."
             )
-        check_template(self.cgd_template, "cgd_template", required=("question", "initial_response", "critique"))
-        check_template(self.cgd_critique_template, "cgd_critique_template", required=("critique",))
+        check_template(self.cgd_template, "cgd_template", ("question", "initial_response", "critique"), PLACEHOLDERS)
+        check_template(
+            self.cgd_critique_template, "cgd_critique_template", ("critique",), ("critique", "instruction")
+        )
         if not self.cgd_fused_lm_head and self.loss_type not in ("nll", "chunked_nll"):
             raise ValueError(
                 f"`cgd_fused_lm_head=False` computes the model's own cross-entropy, so it supports `loss_type='nll'` "

@@ -15,33 +15,25 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-from datasets import DatasetDict, IterableDatasetDict, load_dataset
+import pyarrow.compute as pc
+from datasets import DatasetDict, IterableDatasetDict
 from transformers.trainer_utils import get_last_checkpoint
 from trl import (
     DatasetMixtureConfig,
     ModelConfig,
     ScriptArguments,
-    TrlParser,
     get_dataset,
     get_peft_config,
     get_quantization_config,
 )
 
 from .config import CGDConfig
-from .demo import BUILTIN_PREFIX, demo_recipe_path, load_builtin_dataset, prepare_builtin_model, summarize
+from .sources import load_source, resolve_model
 from .trainer import CGDTrainer
 
 logger = logging.getLogger(__name__)
-
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def make_parser(prog: str | None = None) -> TrlParser:
-    """The parser of `examples/train.py`: TRL's script, model and dataset-mixture arguments with [`CGDConfig`]."""
-    return TrlParser((ScriptArguments, CGDConfig, ModelConfig, DatasetMixtureConfig), prog=prog)
 
 
 def load_datasets(
@@ -64,26 +56,6 @@ def load_datasets(
     return load_source(name, script_args.dataset_config, streaming=script_args.dataset_streaming)
 
 
-def load_source(
-    name: str, config_name: str | None = None, streaming: bool = False
-) -> DatasetDict | IterableDatasetDict:
-    """
-    Loads one named dataset: `builtin:demo`, a local JSON/JSONL/Parquet/CSV file, or a hub dataset (or local folder).
-
-    Returns:
-        `DatasetDict` or `IterableDatasetDict`: its splits (a local file gives a `train` split).
-    """
-    if name.startswith(BUILTIN_PREFIX):
-        return load_builtin_dataset(name, streaming=streaming)
-    path = Path(name)
-    if path.is_file():
-        builder = LOCAL_FORMATS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"Cannot tell the format of {name}; use one of {sorted(LOCAL_FORMATS)}.")
-        return load_dataset(builder, data_files=str(path), streaming=streaming)
-    return load_dataset(name, name=config_name, streaming=streaming)
-
-
 def main(
     script_args: ScriptArguments,
     training_args: CGDConfig,
@@ -100,8 +72,7 @@ def main(
     model_id = model_args.model_name_or_path
     if not model_id:
         raise ValueError("Set `model_name_or_path` (a hub id, a local folder, or `builtin:tiny-chatml`).")
-    if model_id.startswith(BUILTIN_PREFIX):
-        model_id = prepare_builtin_model(model_id, training_args.output_dir)
+    model_id = resolve_model(model_id, training_args.output_dir)
 
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -152,20 +123,28 @@ def main(
     return trainer
 
 
-def with_default_recipe(argv: list[str]) -> list[str]:
-    """Falls back to the offline demo recipe when the command line names neither a recipe nor a model."""
-    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
-        return argv
-    if any(arg == "--model_name_or_path" or arg.startswith("--model_name_or_path=") for arg in argv):
-        return argv
-    return ["--config", str(demo_recipe_path()), *argv]
-
-
-def cli_main(argv: list[str] | None = None, prog: str | None = None) -> CGDTrainer:
-    """Parses the command line (and the YAML recipe) and trains."""
-    argv = with_default_recipe(list(sys.argv[1:] if argv is None else argv))
-    parser = make_parser(prog=prog)
-    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
-        args=argv, fail_with_unknown_args=False
-    )
-    return main(script_args, training_args, model_args, dataset_args)
+def summarize(trainer) -> str:
+    """
+    A short end-of-run report: records used, shortened and dropped, trained tokens, loss first → last, where the
+    model is.
+    """
+    lines = ["", "CGD training summary"]
+    stats = trainer.cgd_stats.get("train")
+    if stats:
+        used = stats["kept"] + stats["shortened"]
+        lines.append(f"  records used: {used} ({stats['shortened']} shortened to fit, {stats['dropped']} dropped)")
+    dataset = trainer.train_dataset
+    if hasattr(dataset, "__len__") and "labels" in (dataset.column_names or []):
+        # Counted in Arrow (through the dataset's index mapping, if any): 100K records hold ~10^8 labels.
+        labels = pc.list_flatten(dataset.with_format("arrow")[:]["labels"])
+        trained = pc.sum(pc.not_equal(labels, -100)).as_py() or 0
+        lines.append(f"  trained tokens per epoch: {trained} (refined answers and their end-of-turn tokens)")
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    average = [entry["train_loss"] for entry in history if "train_loss" in entry]
+    if losses:
+        lines.append(f"  loss: {losses[0]:.3f} → {losses[-1]:.3f} over {trainer.state.global_step} steps")
+    elif average:  # fewer steps than logging_steps: only the run's mean loss exists
+        lines.append(f"  loss: {average[-1]:.3f} on average over {trainer.state.global_step} steps")
+    lines.append(f"  model saved to: {os.path.abspath(trainer.args.output_dir)}")
+    return "\n".join(lines)

@@ -1,10 +1,10 @@
 """The offline student and teacher of the demo task, so that `probe → critique → refine → train` runs with no network.
 
-The demo questions are the arithmetic word problems of `cgd_trainer.demo_data`. The teacher solves a question from its
-text, reads the student's answer (any text: a real model's output included), finds the mistake and writes the critique
-and the refined answer; the student writes a draft that is right or holds one typical mistake, chosen from a hash of
-the question so that reruns give the same draft. Questions outside the demo task fail with a clear error (and land in
-the pipeline's failure file), as a real teacher's failures would.
+The demo questions are the arithmetic word problems of `cgd_trainer.demo.problems`. The teacher solves a question from
+its text, reads the student's answer (any text: a real model's output included), finds the mistake and writes the
+critique and the refined answer; the student writes a draft that is right or holds one typical mistake, chosen from a
+hash of the question so that reruns give the same draft. Questions outside the demo task fail with a clear error (and
+land in the pipeline's failure file), as a real teacher's failures would.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 
-from .backends import Backend, Reply, Request
-from .demo_data import critique_of, draft_answer, pick_mistake, refined_answer, solve_question
+from ..backends.base import Backend, Reply, Request
+from .problems import critique_of, draft_answer, pick_mistake, refined_answer, solve_question
 
 _NUMBER_RE = re.compile(r"-?\d+")
 _PRODUCT_RE = re.compile(r"(\d+)\s*[×x*·]\s*(\d+)\s*=\s*(-?\d+)")

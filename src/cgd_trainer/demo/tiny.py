@@ -7,6 +7,7 @@ like a real family (ChatML/Qwen-style, Llama-3-style header tokens, or a base to
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -41,8 +42,8 @@ FAMILIES = ("chatml", "llama3", "plain")
 
 def default_corpus() -> list[str]:
     """The demo records and the library's own wording: what the tiny tokenizer is trained on by default."""
-    from .demo_data import generate_records
-    from .formatting import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PLAIN_ANSWER_HEADER
+    from ..templates import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, PLAIN_ANSWER_HEADER
+    from .problems import generate_records
 
     texts = [DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, DEFAULT_CRITIQUE_TEMPLATE, PLAIN_ANSWER_HEADER, "[...]"]
     for record in generate_records(512, seed=7):
@@ -137,3 +138,35 @@ def build_model(tokenizer, family: str = "chatml", hidden_size: int = 64, num_la
     config = LlamaConfig(**settings) if family == "llama3" else Qwen2Config(**settings)
     config._attn_implementation = "sdpa"
     return (LlamaForCausalLM if family == "llama3" else Qwen2ForCausalLM)(config)
+
+
+# The built-in model: small enough for a CPU, big enough that its loss visibly falls in the demo.
+BUILTIN_SIZE = {"hidden_size": 128, "num_layers": 4}
+
+
+def prepare_builtin_model(name: str, output_dir: str) -> str:
+    """
+    Builds a tiny model from config and a tokenizer trained locally, saved under `<output_dir>/base-model`.
+
+    `builtin:tiny-chatml`, `builtin:tiny-llama3` and `builtin:tiny-plain` name the tokenizer family. The build is
+    deterministic and runs once: a folder from an earlier run (or another process) is reused. Reached through
+    `cgd_trainer.sources.resolve_model`.
+
+    Returns:
+        `str`: The folder, usable as `model_name_or_path`.
+    """
+    from accelerate import PartialState
+
+    family = name.removeprefix("builtin:").removeprefix("tiny-")
+    if family not in FAMILIES:
+        raise ValueError(
+            f"Unknown built-in model {name!r}; the built-in models are {[f'builtin:tiny-{f}' for f in FAMILIES]}."
+        )
+    path = Path(output_dir) / "base-model"
+    with PartialState().main_process_first():
+        if not (path / "config.json").exists():
+            tokenizer = build_tokenizer(family)
+            model = build_model(tokenizer, family, **BUILTIN_SIZE)
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+    return str(path)

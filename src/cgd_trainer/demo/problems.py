@@ -5,18 +5,19 @@ solves it or makes one real, identifiable mistake (a multiplication slip, a wron
 critique names that mistake (or confirms the steps) and ends with the verdict line; the refined answer is a complete
 correct solution with the final answer in `\\boxed{}`. Nothing is taken from an existing dataset.
 
-Rebuild the shipped file with `python -m cgd_trainer.demo_data` (same seed, same bytes).
+Rebuild the shipped file with `python -m cgd_trainer.demo.problems` (same seed, same bytes).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import string
 from importlib import resources
 from pathlib import Path
+
+from ..sources import dumps_row
 
 DEMO_SEED = 2505
 DEMO_SIZE = 256
@@ -232,12 +233,12 @@ def generate_records(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
 
 def to_jsonl(records: list[dict]) -> str:
     """Serializes records as JSON lines (UTF-8 text, one record per line, keys in a fixed order)."""
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return "".join(dumps_row(record) for record in records)
 
 
 def demo_data_path() -> Path:
     """Path of the demo dataset shipped inside the package."""
-    return Path(str(resources.files("cgd_trainer") / "data" / DEMO_FILE))
+    return Path(str(resources.files("cgd_trainer.demo") / "data" / DEMO_FILE))
 
 
 def main(argv: list[str] | None = None) -> None:

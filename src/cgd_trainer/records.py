@@ -1,84 +1,21 @@
-"""Default wording, templates and record validation for CGD records.
+"""CGD records: validation with errors that name the record, the field and the fix; verdicts; thinking sections.
 
-The layouts follow the paper's structure (an instruction plus labelled question / initial answer / critique sections);
-the wording is this library's own.
+Shared by every stage: the trainer validates records before formatting them, `cgd generate` and `cgd build` parse the
+critiques' verdict lines, and both the generation pipeline and evaluation strip reasoning models' thinking.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-LAYOUTS = ("single_turn", "multi_turn", "plain")
-CHAT_LAYOUTS = ("single_turn", "multi_turn")
-TRUNCATION_POLICIES = ("context", "drop", "none")
-PLACEHOLDERS = ("instruction", "question", "initial_response", "critique")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
-DEFAULT_INSTRUCTION = (
-    "Below are a question, a student's first attempt at it, and a teacher's critique of that attempt. Write a "
-    "complete and correct answer to the question: keep what the attempt got right, fix every mistake the critique "
-    "points out, and spell out any step that was missing."
+# A whole line: optional markdown around `Conclusion:` and the verdict, a trailing period, CFT's `[END]` marker.
+_VERDICT_RE = re.compile(
+    r"^[\s>#*_`-]*conclusion[\s*_`]*[:：][\s*_`]*(right|wrong)\b[\s*_`.!]*(?:\[end\])?[\s*_`.!]*$", re.IGNORECASE
 )
-
-DEFAULT_TEMPLATE = (
-    "{instruction}\n\n"
-    "### Question\n{question}\n\n"
-    "### Student's initial answer\n{initial_response}\n\n"
-    "### Teacher's critique\n{critique}"
-)
-
-DEFAULT_CRITIQUE_TEMPLATE = "A teacher reviewed your answer:\n\n{critique}\n\n{instruction}"
-
-# Appended to the plain-text context so that a base model sees where its answer starts.
-PLAIN_ANSWER_HEADER = "\n\n### Improved answer\n"
-
-_PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
-
-
-def check_template(template: str | None, name: str, required: Iterable[str]) -> None:
-    """
-    Checks that a user template holds the placeholders it needs.
-
-    Args:
-        template (`str` or `None`):
-            The template; `None` means the default and is always valid.
-        name (`str`):
-            Name of the setting, used in the error message.
-        required (`Iterable[str]`):
-            Placeholders that must appear.
-
-    Raises:
-        `ValueError`: when a required placeholder is missing.
-    """
-    if template is None:
-        return
-    if not isinstance(template, str):
-        raise ValueError(f"`{name}` must be a string, got {type(template).__name__}.")
-    found = set(_PLACEHOLDER_RE.findall(template))
-    missing = [key for key in required if key not in found]
-    if missing:
-        raise ValueError(
-            f"`{name}` must contain the placeholders {['{' + key + '}' for key in missing]}; got {template!r}."
-        )
-
-
-def fill_template(template: str, **values: str) -> str:
-    """
-    Replaces the `{instruction}`, `{question}`, `{initial_response}` and `{critique}` placeholders in one pass.
-
-    Unlike `str.format`, braces elsewhere in the template (e.g. `\\boxed{}`) and placeholders that appear inside the
-    inserted values are left alone.
-
-    Args:
-        template (`str`): The template.
-        **values (`str`): The value of each placeholder.
-
-    Returns:
-        `str`: The filled template.
-    """
-    return _PLACEHOLDER_RE.sub(lambda match: values.get(match[1], match[0]), template)
 
 
 def record_error(index: int | None, dataset_name: str, field: str, problem: str, fix: str) -> ValueError:
@@ -174,3 +111,37 @@ def validate_record(
                 "the text is empty",
                 "Every record needs a question and a refined answer; drop the record or regenerate it.",
             )
+
+
+def strip_thinking(text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> str:
+    """
+    Removes reasoning models' thinking sections.
+
+    Everything up to the last closing tag goes (templates such as Qwen3's put the opening tag in the prompt, so the
+    output may hold only the closing one); an opening tag that is never closed means the output stopped while
+    thinking, and nothing usable is left.
+
+    Returns:
+        `str`: The answer without thinking, stripped of surrounding whitespace; empty if none is left.
+    """
+    if close_tag and close_tag in text:
+        text = text.rsplit(close_tag, 1)[1]
+    elif open_tag and open_tag in text:
+        return ""  # cut off while thinking: whatever came before the tag is not an answer either
+    return text.strip()
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """
+    The verdict of a critique: `"right"` or `"wrong"` from its last `Conclusion: right|wrong` line, else `None`.
+
+    Case is ignored; markdown emphasis (`**Conclusion:** wrong`), a trailing period and CFT's `[END]` marker are
+    tolerated. A line where other words follow the verdict (`Conclusion: right, but ...`) does not count.
+    """
+    if not text:
+        return None
+    for line in reversed(text.splitlines()):
+        match = _VERDICT_RE.match(line.strip())
+        if match:
+            return match.group(1).lower()
+    return None

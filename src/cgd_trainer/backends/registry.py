@@ -1,0 +1,46 @@
+"""The backends by name. Each class is named by module path, so that a backend's heavy imports (torch, openai, vllm)
+and the demo's code load only when that backend is used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import Backend
+
+REGISTRY: dict[str, str] = {
+    "transformers": "cgd_trainer.backends.transformers:TransformersBackend",
+    "openai": "cgd_trainer.backends.openai:OpenAIBackend",
+    "vllm": "cgd_trainer.backends.vllm:VLLMBackend",
+    "demo": "cgd_trainer.demo.teacher:DemoBackend",
+}
+BACKENDS = tuple(REGISTRY)
+
+
+def backend_class(kind: str) -> type[Backend]:
+    """The class of a backend by name."""
+    if kind not in REGISTRY:
+        raise ValueError(f"Unknown backend {kind!r}; choose one of {BACKENDS}.")
+    module, _, name = REGISTRY[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_backend(kind: str, model: str | None, **options: Any) -> Backend:
+    """
+    Builds a backend by name.
+
+    Args:
+        kind (`str`): `transformers`, `openai`, `vllm` or `demo`.
+        model (`str`): Model id, folder or served name (`demo` needs none).
+        **options: Keyword arguments of the backend's class; `None` values are left to the class defaults.
+
+    Returns:
+        [`Backend`]
+    """
+    options = {key: value for key, value in options.items() if value is not None}
+    cls = backend_class(kind)
+    if kind == "demo":
+        return cls(model or "cgd-demo", **options)
+    if not model:
+        raise ValueError(f"The {kind!r} backend needs a model (a hub id, a local folder or a served model name).")
+    return cls(model, **options)

@@ -1,0 +1,37 @@
+"""`cgd eval --config eval.yaml [flags]`: models or checkpoints on maths benchmarks, with reports and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import EXIT_OK
+from .parser import ConfigParser
+
+
+def make_parser(prog: str | None = "cgd eval") -> ConfigParser:
+    """The `cgd eval` parser: [`EvalConfig`] flags and `--config eval.yaml`."""
+    from ..evaluation import EvalConfig
+
+    return ConfigParser((EvalConfig,), prog=prog)
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Runs `cgd eval` and returns `{"summary": ..., "selection": ...}`."""
+    from ..evaluation import percent, run_eval
+
+    (config,) = make_parser().parse_args_and_config(argv)
+    result = run_eval(config)
+    output_dir = Path(config.output_dir)
+    if result["selection"] is not None:
+        chosen = result["selection"]["selected"]
+        print(f"Selected {chosen['label']} ({chosen['path']}): {percent(chosen['accuracy'])}% on the validation set.")
+        print(f"Selection report: {output_dir / 'selection.md'}")
+    if result["summary"] is not None:
+        print(f"Report: {output_dir / 'report.md'}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    run(argv)
+    return EXIT_OK

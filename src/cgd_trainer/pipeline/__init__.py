@@ -1,0 +1,25 @@
+"""`cgd generate`: the data pipeline of CGD — probe (student), critique and refine (teacher) — resumable and cached.
+
+- `config`: [`GenerateConfig`], the settings (the backends' shared settings come from `BackendSettings`);
+- `store`: the append-only stage files and the request keys that make reruns send nothing twice;
+- `pipeline`: reading the questions, running the stages, assembling `records.jsonl` and `summary.json`.
+
+The command itself is `cgd_trainer.commands.generate`.
+"""
+
+from .config import GenerateConfig
+from .pipeline import RECORDS_FILE, STAGE_OUTPUT, SUMMARY_FILE, Pipeline, format_summary, load_items
+from .store import StageStore, inputs_hash, request_key
+
+__all__ = [
+    "RECORDS_FILE",
+    "STAGE_OUTPUT",
+    "SUMMARY_FILE",
+    "GenerateConfig",
+    "Pipeline",
+    "StageStore",
+    "format_summary",
+    "inputs_hash",
+    "load_items",
+    "request_key",
+]

@@ -1,0 +1,77 @@
+"""The stage files of `cgd generate`: append-only results keyed by what was sent, so that reruns send nothing twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ..backends import Backend, Request
+from ..sources import JsonlAppender
+
+logger = logging.getLogger(__name__)
+
+
+class StageStore:
+    """
+    The append-only result file of one stage: one JSON line per finished request, flushed as soon as it is written.
+
+    On opening, a last line cut short by a crash is dropped (and the file trimmed to whole lines); for an id written
+    more than once (settings changed between runs) the last line wins.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        if path.exists():
+            data = path.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]
+            if len(whole) != len(data):
+                logger.warning(f"{path}: dropped an unfinished last line (the previous run was interrupted).")
+                path.write_bytes(whole)
+            for number, line in enumerate(whole.decode("utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}, line {number}: not valid JSON ({error}); fix or delete the line."
+                    ) from None
+                self.entries[entry["id"]] = entry
+        self._appender = JsonlAppender(path)
+
+    def done(self, record_id: str, key: str) -> bool:
+        entry = self.entries.get(record_id)
+        return entry is not None and entry["key"] == key
+
+    def append(self, entry: dict) -> None:
+        self._appender.append(entry)
+        self.entries[entry["id"]] = entry
+
+    def close(self) -> None:
+        self._appender.close()
+
+
+def inputs_hash(values: dict[str, str]) -> str:
+    """Hash of the texts a stage's prompt was built from (question, and the draft and critique where used)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def request_key(backend: Backend, request: Request) -> str:
+    """
+    Hash of what determines a completion: the model, the exact prompt as sent, the decoding settings and any extra
+    request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
+    """
+    payload = {
+        "model": backend.model,
+        "input": request.messages if backend.uses_chat and request.messages is not None else request.prompt,
+        "sampling": request.sampling.to_dict(),
+    }
+    if getattr(backend, "extra_body", None):
+        payload["extra_body"] = backend.extra_body
+    if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
+        payload["input"] = request.messages
+        payload["rendered"] = "completion"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
