@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[command][0]).main(rest)
     except USER_ERRORS as error:
-        if os.environ.get("CGD_TRACEBACK"):
+        own_module_missing = isinstance(error, ModuleNotFoundError) and (error.name or "").startswith("cgd_trainer")
+        if os.environ.get("CGD_TRACEBACK") or own_module_missing:  # the latter is a broken install or a bug
             raise
         print(f"cgd {command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE

@@ -79,7 +79,9 @@ def check_template(
     found = set(_PLACEHOLDER_RE.findall(template.replace("{{", "").replace("}}", "")))
     missing = [key for key in required if key not in found]
     if missing:
-        raise ValueError(f"`{name}` must contain {', '.join('{' + m + '}' for m in missing)}; got {template!r}.")
+        raise ValueError(
+            f"`{name}` must contain the placeholders {['{' + key + '}' for key in missing]}; got {template!r}."
+        )
     extra = sorted(found - allowed)
     if extra:
         raise ValueError(

@@ -1,0 +1,83 @@
+"""Exit statuses and errors of the `cgd` command, run as a real subprocess: 0 done, 2 a usage or configuration error
+in one line without a traceback, 3 work left undone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cgd_trainer.demo.problems import generate_records
+
+
+def cgd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cgd_trainer.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_usage_error(run: subprocess.CompletedProcess, *words: str) -> str:
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in line, line
+    return line
+
+
+def test_unknown_command_and_bad_flag_are_usage_errors():
+    assert cgd("nope").returncode == 2
+    run = cgd("build", "--input", "x.jsonl", "--output_dri", "out")
+    assert_usage_error(run, "--output_dri", "--output_dir")
+
+
+def test_a_missing_input_file_is_one_line(tmp_path):
+    run = cgd("build", "--input", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out"))
+    assert_usage_error(run, "cgd build: error:", "missing.jsonl")
+
+
+def test_a_typo_in_a_yaml_config_is_refused_with_a_suggestion(tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("dataset_name: builtin:demo\nstudent_backend: demo\nteacher_backend: demo\nmax_recods: 3\n")
+    run = cgd("generate", "--config", str(config), "--output_dir", str(tmp_path / "out"))
+    assert_usage_error(run, "max_recods", "max_records")
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_bad_value_is_one_line(tmp_path):
+    run = cgd("generate", "--student_backend", "vlm", "--output_dir", str(tmp_path))
+    assert_usage_error(run, "student_backend", "vllm")
+
+
+def write_questions(path: Path, questions: list[str]) -> None:
+    path.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions), encoding="utf-8")
+
+
+@pytest.fixture
+def demo_args(tmp_path):
+    return ["--student_backend", "demo", "--teacher_backend", "demo", "--output_dir", str(tmp_path / "data")]
+
+
+def test_generate_exits_0_when_complete_and_3_when_work_is_left(tmp_path, demo_args):
+    questions = [record["prompt"] for record in generate_records(4)]
+    good = tmp_path / "good.jsonl"
+    write_questions(good, questions)
+    assert cgd("generate", "--dataset_name", str(good), *demo_args).returncode == 0
+
+    # The demo teacher cannot answer a question outside its task: that request fails and the record is incomplete.
+    mixed = tmp_path / "mixed.jsonl"
+    write_questions(mixed, [*questions, "What is the capital of France?"])
+    run = cgd("generate", "--dataset_name", str(mixed), *demo_args)
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "Work left undone" in run.stderr
+    summary = json.loads((tmp_path / "data" / "summary.json").read_text())
+    assert summary["records"] == 4 and summary["failed"]["probe"] == 1
+
+
+def test_build_and_train_help_exit_0():
+    for command in ("build", "train", "demo"):
+        run = cgd(command, "--help")
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "usage:" in run.stdout

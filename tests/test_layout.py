@@ -1,0 +1,166 @@
+"""The package's shape: imports only go down the layers, no module imports another in a circle, and the `cgd`
+command starts without torch or TRL."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgd_trainer"
+
+# Each unit (a top-level module or subpackage of cgd_trainer) and its layer. A module may import from a lower layer or
+# from its own unit, never from a higher layer nor from another unit of the same layer (one stage never reaches into
+# another stage's internals).
+LAYERS = [
+    ("templates",),
+    ("records",),
+    ("sources", "grading"),
+    ("backends",),
+    ("config", "collator"),
+    ("trainer",),
+    ("__init__",),  # the package root: lazy public names
+    ("pipeline", "conditions", "evaluation", "train"),  # the stages
+    ("commands",),
+    ("demo",),
+    ("cli",),
+]
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that a module imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            # `from . import x` names a module when x is one.
+            targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target.startswith("cgd_trainer") and target != name:
+                found.add(target)
+    return found
+
+
+def unit_of(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(name, path, set(found)) for name, path in found.items()}
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(name) for name in modules()}
+    assert units <= set(RANK), f"add {sorted(units - set(RANK))} to LAYERS in this test"
+
+
+def test_the_import_reader_sees_relative_and_function_level_imports(graph):
+    assert "cgd_trainer.templates" in graph["cgd_trainer.collator"]  # `from .templates import ...`
+    assert "cgd_trainer.pipeline" in graph["cgd_trainer.commands.generate"]  # inside a function
+    assert "cgd_trainer.commands" in graph["cgd_trainer.commands.build"]  # `from . import EXIT_OK`
+
+
+def test_imports_only_go_down(graph):
+    wrong = []
+    for name, targets in graph.items():
+        for target in targets:
+            a, b = unit_of(name), unit_of(target)
+            if a != b and RANK[b] >= RANK[a]:
+                wrong.append(f"{name} -> {target}")
+    assert not wrong, "imports that go up or sideways between layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles(graph):
+    # Depth-first search; a back edge closes a cycle.
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [node, target]))
+            elif target not in state:
+                visit(target, stack + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_registries_name_real_classes():
+    from cgd_trainer.backends import REGISTRY, Backend, backend_class
+    from cgd_trainer.sources import BUILTIN_DATASETS, BUILTIN_MODELS
+
+    for kind in REGISTRY:
+        assert issubclass(backend_class(kind), Backend)
+    for path in {**BUILTIN_DATASETS, **BUILTIN_MODELS}.values():
+        module, _, attr = path.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), path
+
+
+PROBE = """
+import json, sys
+from cgd_trainer.cli import main
+try:
+    status = main({args!r})
+except SystemExit as exit:
+    status = exit.code
+heavy = sorted(name for name in ("torch", "trl", "transformers.trainer", "datasets", "vllm") if name in sys.modules)
+print(json.dumps({{"status": status, "heavy": heavy}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--help"], ["build", "--help"], ["generate", "--help"], ["eval", "--help"]], ids=" ".join
+)
+def test_cli_starts_without_torch_or_trl(args):
+    run = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"status": 0, "heavy": []}
+
+
+def test_importing_the_package_costs_no_torch():
+    code = "import sys, cgd_trainer; print('torch' in sys.modules or 'trl' in sys.modules, cgd_trainer.__version__)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split()[0] == "False", run.stderr[-2000:]
+    # ...and the public names still come from the top of the package.
+    from cgd_trainer import CGDConfig, CGDTrainer, CritiqueCollator
+
+    assert CGDTrainer.__module__ == "cgd_trainer.trainer" and CGDConfig.__name__ == "CGDConfig"
+    assert CritiqueCollator.__module__ == "cgd_trainer.collator"
