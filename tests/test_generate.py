@@ -97,6 +97,26 @@ def test_demo_teacher_reproduces_the_shipped_records(tmp_path):
     assert records[0]["provenance"]["from_input"] == ["probe"]
 
 
+def test_every_record_has_the_same_keys(tmp_path):
+    # References on some rows only and a stage taken from the input on others: `records.jsonl` still has one schema,
+    # so that `cgd build` (or any reader) never meets a key that first appears late in the file.
+    rows = [dict(record) for record in DEMO[:6]]
+    for index, row in enumerate(rows):
+        if index % 2:
+            row["reference_answer"] = None
+        if index >= 3:
+            row["given_draft"] = row["initial_response"]
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+    summary = run(tmp_path, dataset_name=str(source), initial_response_field="given_draft")
+    records = read_jsonl(Path(summary["records_file"]))
+    assert len(records) == 6
+    assert len({tuple(record) for record in records}) == 1
+    assert len({tuple(record["provenance"]) for record in records}) == 1
+    assert [record["reference_answer"] is None for record in records] == [False, True] * 3
+    assert [record["provenance"]["from_input"] for record in records] == [[]] * 3 + [["probe"]] * 3
+
+
 def test_full_run_then_rerun_is_all_cached(tmp_path):
     first = run(tmp_path, max_records=20)
     assert [first["stages"][s]["generated"] for s in ("probe", "critique", "refine")] == [20, 20, 20]
