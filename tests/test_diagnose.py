@@ -10,17 +10,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cgd_trainer.collator import CritiqueCollator
-from cgd_trainer.diagnose import (
-    ATTEMPT_INSTRUCTION,
+from cgd_trainer.commands.diagnose import run as cli_main
+from cgd_trainer.evaluation.diagnose import (
     CONDITIONS,
-    QUESTION_INSTRUCTION,
     DiagnoseConfig,
-    cli_main,
     context_ids,
     diagnose,
     render_contexts,
     target_ids,
 )
+from cgd_trainer.templates import (
+    NO_CRITIQUE_FOLLOW_UP,
+    NO_CRITIQUE_INSTRUCTION,
+    NO_CRITIQUE_TEMPLATE,
+    QUESTION_INSTRUCTION,
+    fill,
+)
+from cgd_trainer.templates import NO_CRITIQUE_INSTRUCTION as ATTEMPT_INSTRUCTION
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -149,3 +155,21 @@ def test_builtin_demo_limits_and_bad_records(tmp_path, tiny_dirs, records):
         diagnose(DiagnoseConfig(model=tiny_dirs["chatml"], dataset=data, output_dir=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="Set `model`"):
         diagnose(DiagnoseConfig(dataset=data, output_dir=str(tmp_path / "none")))
+
+
+def test_question_and_initial_context_is_the_no_critique_condition(records):
+    # What `cgd diagnose` scores as (x, y') must be what the `no_critique` ablation trains on. The condition's user
+    # turn is written out from the shared templates, as `cgd build` fills them.
+    collator = CritiqueCollator()
+    for record in records[:3]:
+        expected = fill(
+            NO_CRITIQUE_TEMPLATE,
+            instruction=NO_CRITIQUE_INSTRUCTION,
+            question=record["prompt"],
+            initial_response=record["initial_response"],
+        )
+        contexts = render_contexts(record, collator, "single_turn")
+        assert contexts["question+initial"] == [{"role": "user", "content": expected}]
+        multi = render_contexts(record, collator, "multi_turn")["question+initial"]
+        assert multi[-1] == {"role": "user", "content": NO_CRITIQUE_FOLLOW_UP}
+        assert multi[-2] == {"role": "assistant", "content": record["initial_response"]}

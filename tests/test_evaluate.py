@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cgd_trainer import evaluate as ev
-from cgd_trainer.backends import Backend, Reply, Request
-from cgd_trainer.evaluate import (
+from cgd_trainer.backends import Backend, OpenAIBackend, Reply, Request
+from cgd_trainer.commands import eval as eval_command
+from cgd_trainer.commands.eval import run as cli_main
+from cgd_trainer.evaluation import (
     EvalConfig,
     check_selection_set,
-    cli_main,
     drift_metrics,
     find_checkpoints,
     load_problems,
@@ -25,6 +25,8 @@ from cgd_trainer.evaluate import (
     resolve_benchmark,
     score_samples,
 )
+from cgd_trainer.evaluation import runner as ev
+from cgd_trainer.evaluation.config import DEFAULT_SYSTEM_PROMPT, backend_options
 from helpers import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +159,7 @@ def test_models_and_config_validation():
     vllm = EvalConfig(
         backend="vllm", dtype="bfloat16", max_model_len=12288, vllm_kwargs='{"enforce_eager": true}', seed=3
     )
-    assert ev.backend_options(vllm, "vllm") == {
+    assert backend_options(vllm, "vllm") == {
         "prompt_format": "auto",
         "tensor_parallel_size": 1,
         "llm_kwargs": {
@@ -168,7 +170,7 @@ def test_models_and_config_validation():
             "enforce_eager": True,
         },
     }
-    served = ev.backend_options(
+    served = backend_options(
         EvalConfig(backend="openai", base_url="http://a/v1"), "openai", {"base_url": "http://b/v1"}
     )
     assert served["base_url"] == "http://b/v1" and served["api_key_env"] == "OPENAI_API_KEY"
@@ -180,15 +182,59 @@ def test_models_and_config_validation():
         EvalConfig(backend="nope")
 
 
+def test_per_model_settings_reach_the_backend(tmp_path):
+    # Per-model keys are setting names: `request_timeout` becomes the openai class's `timeout`.
+    entry = {"model": "m", "backend": "openai", "base_url": "http://gpu2:8000/v1", "request_timeout": 60}
+    config = EvalConfig(models=[entry], output_dir=str(tmp_path))
+    (spec,) = parse_models(config.models, config.backend)
+    backend = ev.open_backend(spec, config)
+    assert isinstance(backend, OpenAIBackend)
+    assert backend.timeout == 60 and backend.base_url == "http://gpu2:8000/v1"
+    assert (backend.max_retries, backend.concurrency) == (config.max_retries, config.concurrency)
+
+
+def test_misspelt_per_model_setting_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    entry = {"model": "m", "backend": "openai", "request_timout": 60}
+    with pytest.raises(
+        ValueError, match=r"models\[0\]: `request_timout` .* Did you mean `request_timeout`\?"
+    ) as error:
+        EvalConfig(models=[entry])
+    assert "Its settings are: prompt_format, base_url, api_key_env, concurrency" in str(error.value)
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(ev, "make_backend", no_backend)
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "models:\n"
+        "  - {model: a, label: a}\n"
+        "  - {model: m, backend: openai, request_timout: 60}\n"
+        f"benchmarks: [{MINI}]\n",
+        "utf-8",
+    )
+    with pytest.raises(ValueError, match=r"models\[1\]: `request_timout`"):
+        cli_main(["--config", str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def test_setting_of_another_backend_is_refused():
+    with pytest.raises(ValueError, match=r"models\[0\]: `batch_size` is not a setting of the openai backend \(it is"):
+        EvalConfig(models=[{"model": "m", "backend": "openai", "batch_size": 4}])
+    with pytest.raises(ValueError, match=r"models\[1\]: `request_timeout` is not a setting of the transformers"):
+        EvalConfig(models=["a", {"model": "m", "request_timeout": 60}])
+    with pytest.raises(ValueError, match=r"models\[0\]: `backend` must be one of"):
+        EvalConfig(models=[{"model": "m", "backend": "demo"}])
+
+
 def test_prompts():
     question = "What is 1 + 1?"
     system, user = ev.build_prompt(question, EvalConfig(), chat=True)
-    assert system == {"role": "system", "content": ev.DEFAULT_SYSTEM_PROMPT} and user["content"] == question
+    assert system == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT} and user["content"] == question
     assert ev.build_prompt(question, EvalConfig(system_prompt=""), chat=True) == [
         {"role": "user", "content": question}
     ]
     (merged,) = ev.build_prompt(question, EvalConfig(instruction_in_user=True), chat=True)
-    assert merged["content"] == f"{question}\n\n{ev.DEFAULT_SYSTEM_PROMPT}"
+    assert merged["content"] == f"{question}\n\n{DEFAULT_SYSTEM_PROMPT}"
     plain = ev.build_prompt(question, EvalConfig(completion_template="Q: {question}\nA:"), chat=False)
     assert plain == "Q: What is 1 + 1?\nA:"
 
@@ -197,7 +243,7 @@ def test_prompts():
 def test_eval_recipes_parse(recipe, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0")  # restored after the test; a recipe may set it
-    (config,) = ev.make_parser().parse_args_and_config(args=["--config", str(recipe)])
+    (config,) = eval_command.make_parser().parse_args_and_config(args=["--config", str(recipe)])
     specs = parse_models(config.models, config.backend)
     assert specs and {spec.backend for spec in specs} == {config.backend}
     benchmarks = [resolve_benchmark(name) for name in config.benchmarks]
@@ -481,7 +527,7 @@ def test_selection_prefers_accuracy_then_earlier_step(training_dir, tmp_path, mo
         evaluate_selected=False,
         output_dir=str(tmp_path),
     )
-    result = ev.run(config)
+    result = ev.run_eval(config)
     assert result["summary"] is None
     selection = result["selection"]
     assert [c["accuracy"] for c in selection["checkpoints"]] == [0.25, 0.75, 0.75, 0.75]

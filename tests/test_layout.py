@@ -59,7 +59,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             else:
                 prefix = node.module or ""
             # `from . import x` names a module when x is one.
-            targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names]
+            targets = [
+                f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -146,7 +148,9 @@ print(json.dumps({{"status": status, "heavy": heavy}}))
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["--help"], ["build", "--help"], ["generate", "--help"], ["eval", "--help"]], ids=" ".join
+    "args",
+    [[], ["--help"], ["build", "--help"], ["generate", "--help"], ["eval", "--help"], ["diagnose", "--help"]],
+    ids=" ".join,
 )
 def test_cli_starts_without_torch_or_trl(args):
     run = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, timeout=120)

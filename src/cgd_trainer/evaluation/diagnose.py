@@ -14,9 +14,10 @@ predictable (lower NLL and entropy), so CGD learns a low-uncertainty refinement 
 your model and data.
 
 The refined answer is tokenized once, on its own, and appended to each context's tokens, so the scored tokens are
-identical across the three conditions. The two shorter contexts use this module's renderings, built on the same chat
-template and section layout as the CGD context (an instruction, then `### Question` / `### Student's initial answer`
-sections), with an instruction that fits what is shown.
+identical across the three conditions. The two shorter contexts are built on the same chat template and section layout
+as the CGD context (an instruction, then `### Question` / `### Student's initial answer` sections), with the wording of
+`cgd_trainer.templates`: `question+initial` is exactly the context of the `no_critique` condition of `cgd build`, so
+that what is measured is what that ablation trains on.
 
 ```bash
 cgd diagnose --model runs/qwen-cgd --dataset data/cgd.jsonl --max_records 500 --output_dir diagnose/
@@ -33,31 +34,27 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .collator import CritiqueCollator
-from .formatting import DEFAULT_INSTRUCTION, PLAIN_ANSWER_HEADER, fill_template
+from ..sources import load_source, resolve_model, write_jsonl
+from ..templates import (
+    DEFAULT_INSTRUCTION,
+    NO_CRITIQUE_FOLLOW_UP,
+    NO_CRITIQUE_INSTRUCTION,
+    NO_CRITIQUE_TEMPLATE,
+    PLAIN_ANSWER_HEADER,
+    QUESTION_INSTRUCTION,
+    QUESTION_TEMPLATE,
+    fill,
+)
 from .report import markdown_table
+
+if TYPE_CHECKING:  # the collator imports transformers and TRL: loaded only when a model is scored
+    from ..collator import CritiqueCollator
 
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("question", "question+initial", "question+initial+critique")
-
-# Instructions of the two shorter contexts: the CGD instruction's style, without the parts that are not shown.
-QUESTION_INSTRUCTION = (
-    "Below is a question. Write a complete and correct answer to it, spelling out every step of the reasoning."
-)
-ATTEMPT_INSTRUCTION = (
-    "Below are a question and a student's first attempt at it. Write a complete and correct answer to the question: "
-    "keep what the attempt got right, fix its mistakes, and spell out any step that was missing."
-)
-# The last turn of the `multi_turn` layout without a critique: the draft is the model's own previous turn.
-ATTEMPT_FOLLOW_UP = (
-    "Write a complete and correct answer to the question: keep what your attempt got right, fix its mistakes, and "
-    "spell out any step that was missing."
-)
-QUESTION_TEMPLATE = "{instruction}\n\n### Question\n{question}"
-ATTEMPT_TEMPLATE = "{instruction}\n\n### Question\n{question}\n\n### Student's initial answer\n{initial_response}"
 
 
 @dataclass
@@ -73,7 +70,7 @@ class DiagnoseConfig:
         prompt_field, initial_response_field, critique_field, refined_response_field (`str`): Record columns.
         layout (`str`): CGD layout of the full context (`auto`, `single_turn`, `multi_turn`, `plain`), as in training.
         cgd_instruction, cgd_template, cgd_critique_template (`str`, *optional*): The CGD wording, if training used a
-            custom one (see [`CGDConfig`]); the two shorter contexts keep this module's wording.
+            custom one (see [`CGDConfig`]); the two shorter contexts keep the library's wording.
         max_records (`int`, *optional*): Score only the first records.
         max_length (`int`, *optional*): Records whose longest sequence exceeds it are skipped (and counted).
         batch_size (`int`): Sequences per forward pass.
@@ -133,9 +130,10 @@ def render_contexts(record: Mapping[str, Any], collator: CritiqueCollator, layou
     full = collator.format(record, layout, index=index, dataset_name="diagnose")["prompt"]
     history, question = _split_prompt(record[collator.prompt_field])
     initial = record[collator.initial_response_field]
-    question_text = fill_template(QUESTION_TEMPLATE, instruction=QUESTION_INSTRUCTION, question=question)
-    attempt_text = fill_template(
-        ATTEMPT_TEMPLATE, instruction=ATTEMPT_INSTRUCTION, question=question, initial_response=initial
+    question_text = fill(QUESTION_TEMPLATE, instruction=QUESTION_INSTRUCTION, question=question)
+    # The `no_critique` condition's context, word for word.
+    attempt_text = fill(
+        NO_CRITIQUE_TEMPLATE, instruction=NO_CRITIQUE_INSTRUCTION, question=question, initial_response=initial
     )
     if layout == "plain":
         system = "".join(message["content"] + "\n\n" for message in history)
@@ -149,7 +147,7 @@ def render_contexts(record: Mapping[str, Any], collator: CritiqueCollator, layou
         attempt = history + [
             {"role": "user", "content": question},
             {"role": "assistant", "content": initial},
-            {"role": "user", "content": ATTEMPT_FOLLOW_UP},
+            {"role": "user", "content": NO_CRITIQUE_FOLLOW_UP},
         ]
     else:
         attempt = history + [{"role": "user", "content": attempt_text}]
@@ -232,8 +230,6 @@ def score_sequences(
 
 
 def _load_records(config: DiagnoseConfig) -> list[dict[str, Any]]:
-    from .train import load_source
-
     dataset = load_source(config.dataset)
     if config.dataset_split not in dataset:
         raise ValueError(
@@ -283,17 +279,15 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
             raise ValueError("Set `model` (a hub id, a local folder or `builtin:tiny-chatml`).")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .demo import BUILTIN_PREFIX, prepare_builtin_model
-
-        path = config.model
-        if path.startswith(BUILTIN_PREFIX):
-            path = prepare_builtin_model(path, str(output_dir))
+        path = resolve_model(config.model, output_dir)  # a `builtin:tiny-*` model is built there once
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code).to(
             device
         )
+    from ..collator import CritiqueCollator
+
     model.eval()
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_token_id is None:
@@ -343,19 +337,20 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
 
     nll: dict[str, list[list[float]]] = {c: [] for c in CONDITIONS}
     entropy: dict[str, list[list[float]]] = {c: [] for c in CONDITIONS}
-    with open(output_dir / "diagnose_records.jsonl", "w", encoding="utf-8") as handle:
-        for index, record, first in kept:
-            row: dict[str, Any] = {"index": index, "id": record.get("id"), "target_tokens": len(pairs[first][1])}
-            for offset, condition in enumerate(CONDITIONS):
-                token_nll, token_entropy = scores[first + offset]
-                nll[condition].append(token_nll)
-                entropy[condition].append(token_entropy)
-                row[condition] = {
-                    "context_tokens": len(pairs[first + offset][0]),
-                    "nll": statistics.fmean(token_nll),
-                    "entropy": statistics.fmean(token_entropy),
-                }
-            handle.write(json.dumps(row) + "\n")
+    rows = []
+    for index, record, first in kept:
+        row: dict[str, Any] = {"index": index, "id": record.get("id"), "target_tokens": len(pairs[first][1])}
+        for offset, condition in enumerate(CONDITIONS):
+            token_nll, token_entropy = scores[first + offset]
+            nll[condition].append(token_nll)
+            entropy[condition].append(token_entropy)
+            row[condition] = {
+                "context_tokens": len(pairs[first + offset][0]),
+                "nll": statistics.fmean(token_nll),
+                "entropy": statistics.fmean(token_entropy),
+            }
+        rows.append(row)
+    write_jsonl(output_dir / "diagnose_records.jsonl", rows)
 
     conditions = {}
     for condition in CONDITIONS:
@@ -436,20 +431,3 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def make_parser(prog: str | None = "cgd diagnose"):
-    """The `TrlParser` of `cgd diagnose`."""
-    from trl import TrlParser
-
-    return TrlParser((DiagnoseConfig,), prog=prog)
-
-
-def cli_main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parses the command line (and YAML config) and runs `cgd diagnose`."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (config,) = make_parser().parse_args_and_config(args=list(sys.argv[1:] if argv is None else argv))
-    summary = diagnose(config)
-    print(render_markdown(summary))
-    print(f"Written to {Path(config.output_dir) / 'diagnose.md'}")
-    return summary

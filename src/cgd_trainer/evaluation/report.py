@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .metrics import CRITIQUE_DETECTORS
+
 
 def _pyplot():
     # Agg renders to files without a display (servers, CI); set before pyplot is first imported.
@@ -125,3 +127,145 @@ def plot_checkpoint_accuracy(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+# --- reports ---------------------------------------------------------------------------------------------------------
+
+
+def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.png") -> str:
+    """
+    The markdown report of an evaluation: accuracy table (models x benchmarks), pass@k, format drift, data notes.
+
+    Args:
+        summary (`Mapping`): What [`~cgd_trainer.evaluation.evaluate`] writes to `summary.json`.
+        plot_name (`str`, *optional*): The accuracy plot, relative to the report; `None` for none.
+
+    Returns:
+        `str`: The report.
+    """
+    decoding = summary["decoding"]
+    benchmarks = [b["name"] for b in summary["benchmarks"]]
+    results = summary["results"]
+    lines = ["# Evaluation report", ""]
+    if decoding["temperature"] == 0:
+        mode = "greedy decoding, pass@1"
+    else:
+        mode = (
+            f"sampling (temperature {decoding['temperature']}, top_p {decoding['top_p']}, seed {decoding['seed']}), "
+            f"{decoding['num_samples']} samples per problem"
+        )
+    lines += [
+        f"Decoding: {mode}; at most {decoding['max_new_tokens']} new tokens. Answers: last `\\boxed{{}}` of the "
+        "output, graded with math-verify. Accuracy in %.",
+        "",
+        "## Accuracy",
+        "",
+    ]
+    rows = []
+    for label, per_benchmark in results.items():
+        cells = [percent(per_benchmark.get(b, {}).get("accuracy")) for b in benchmarks]
+        rows.append([label, *cells, percent(summary["average"].get(label))])
+    lines += [markdown_table(["model", *benchmarks, "average"], rows), ""]
+    if plot_name:
+        lines += [f"![accuracy per benchmark]({plot_name})", ""]
+    if decoding["num_samples"] > 1:
+        ks = decoding["pass_k"]
+        lines += ["## Sampled pass@k", "", "Per-sample accuracy is the mean ± sd over the sample indices.", ""]
+        rows = []
+        for label, per_benchmark in results.items():
+            for benchmark in benchmarks:
+                metrics = per_benchmark.get(benchmark)
+                if not metrics or metrics["accuracy"] is None:
+                    continue
+                spread = f"{percent(metrics['sample_accuracy_mean'])} ± {percent(metrics['sample_accuracy_sd'])}"
+                rows.append([label, benchmark, spread, *[percent(metrics["pass@k"].get(str(k))) for k in ks]])
+        lines += [markdown_table(["model", "benchmark", "per-sample acc", *[f"pass@{k}" for k in ks]], rows), ""]
+    lines += [
+        "## Format drift",
+        "",
+        "Rates in % of the model's outputs on all benchmarks (failed generations left out). *critique-style* counts "
+        "outputs matching any detector below.",
+        "",
+    ]
+    rows = []
+    for label, drift in summary["drift"].items():
+        rates = drift.get("critique_rates", {})
+        mean_chars = "-" if drift["mean_chars"] is None else f"{drift['mean_chars']:.0f}"
+        mean_words = "-" if drift["mean_words"] is None else f"{drift['mean_words']:.0f}"
+        rows.append(
+            [
+                label,
+                drift["outputs"],
+                percent(drift["boxed_rate"]),
+                percent(drift["critique_rate"]),
+                *[percent(rates.get(name)) for name in CRITIQUE_DETECTORS],
+                mean_chars,
+                mean_words,
+            ]
+        )
+    headers = ["model", "outputs", "boxed", "critique-style", *CRITIQUE_DETECTORS, "mean chars", "mean words"]
+    lines += [markdown_table(headers, rows), ""]
+    lines += ["Detectors (case-insensitive regular expressions):", ""]
+    lines += [f"- `{name}`: `{pattern.pattern}`" for name, pattern in CRITIQUE_DETECTORS.items()]
+    lines += ["", "## Data and failures", ""]
+    rows = []
+    for info in summary["benchmarks"]:
+        failed = ", ".join(
+            f"{label}: {results[label].get(info['name'], {}).get('failed_samples', 0)}" for label in results
+        )
+        rows.append([info["name"], info["source"], info["problems"], info["ungradable"], failed])
+    lines += [
+        markdown_table(["benchmark", "source", "problems graded", "ungradable (excluded)", "failed samples"], rows),
+        "",
+        "Problems whose reference answer math-verify cannot parse are excluded from every score; failed "
+        "generations are graded wrong.",
+        "",
+    ]
+    lines += ["## Models", ""]
+    lines += [
+        f"- **{m['label']}**: `{m['model']}` ({m['backend']['backend']}, {m['backend']['prompt_format']})"
+        for m in summary["models"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_selection_report(selection: Mapping[str, Any], plot_name: str | None = "selection.png") -> str:
+    """
+    The markdown report of a checkpoint selection: validation accuracy per checkpoint and the choice.
+
+    Args:
+        selection (`Mapping`): What [`~cgd_trainer.evaluation.select_checkpoint`] writes to `selection.json`.
+        plot_name (`str`, *optional*): The accuracy-per-checkpoint plot; `None` for none.
+
+    Returns:
+        `str`: The report.
+    """
+    best = selection["selected"]
+    lines = [
+        "# Checkpoint selection",
+        "",
+        f"Validation set: `{selection['validation']['source']}` ({selection['validation']['problems']} problems, "
+        f"{selection['validation']['ungradable']} ungradable excluded). Ties go to the earlier step.",
+        "",
+        f"Selected: **{best['label']}** (`{best['path']}`), validation accuracy {percent(best['accuracy'])}%.",
+        "",
+    ]
+    if selection.get("forced_on_test"):
+        lines += [
+            "**Warning:** selected on a test benchmark (`force_selection_on_test`): scores on it are biased.",
+            "",
+        ]
+    rows = [
+        [
+            c["label"],
+            "-" if c["step"] is None else c["step"],
+            percent(c["accuracy"]),
+            c["failed_samples"],
+            "✓" if c["label"] == best["label"] else "",
+        ]
+        for c in selection["checkpoints"]
+    ]
+    lines += [markdown_table(["checkpoint", "step", "accuracy (%)", "failed samples", "selected"], rows), ""]
+    if plot_name:
+        lines += [f"![accuracy per checkpoint]({plot_name})", ""]
+    return "\n".join(lines)

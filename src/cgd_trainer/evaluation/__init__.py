@@ -1,0 +1,87 @@
+r"""`cgd eval`: the paper's maths evaluation protocol, format-drift metrics and checkpoint selection; `cgd diagnose`.
+
+Protocol (arXiv 2505.11628, see `docs/evaluation.md`): zero-shot, a system instruction asking for step-by-step
+reasoning and a final answer in `\boxed{}`, greedy decoding and pass@1 (or sampled pass@k with the unbiased estimator),
+the last box of each output graded against the reference with `math-verify` (`cgd_trainer.grading`).
+
+```bash
+cgd eval --models Qwen/Qwen2.5-Math-7B cgd=runs/qwen-cgd --benchmarks math500 amc23 --backend vllm
+cgd eval --config examples/eval/llama-3.1-8b-instruct.yaml
+cgd eval --checkpoints_dir runs/qwen-cgd --selection_benchmark data/heldout.jsonl --benchmarks math500
+```
+
+Everything lands in `output_dir`: `samples.jsonl` (one line per output), `summary.json`, `report.md` and
+`accuracy.png`; with `checkpoints_dir`, also `selection.json`, `selection.md`, `selection.png` and
+`selection_samples.jsonl`.
+
+- `benchmarks`: the registry of benchmarks, how a name resolves, and loading problems;
+- `config`: [`EvalConfig`] (the backends' shared settings come from `BackendSettings`) and the `models` list;
+- `metrics`: pass@k, per-benchmark scores and format-drift metrics;
+- `report`: the markdown reports and the plots;
+- `selection`: checkpoint selection on a held-out validation set;
+- `runner`: prompts, generation and grading, [`evaluate`] and [`run_eval`];
+- `diagnose`: `cgd diagnose`, the NLL and entropy of refined answers with and without the critique.
+
+The commands themselves are `cgd_trainer.commands.eval` and `cgd_trainer.commands.diagnose`. Importing this package
+costs no torch, TRL or `datasets`: they load when a model or a dataset does.
+"""
+
+from .benchmarks import (
+    ALIASES,
+    REGISTRY,
+    Benchmark,
+    Problem,
+    benchmark_info,
+    load_problems,
+    normalize_gold,
+    resolve_benchmark,
+)
+from .config import (
+    DEFAULT_COMPLETION_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    EvalConfig,
+    ModelSpec,
+    backend_options,
+    check_models,
+    parse_models,
+)
+from .metrics import CRITIQUE_DETECTORS, critique_signals, drift_metrics, pass_at_k, score_samples
+from .report import markdown_table, percent, render_report, render_selection_report
+from .runner import build_prompt, evaluate, generate_and_grade, run_eval, run_model
+from .selection import Checkpoint, check_selection_set, find_checkpoints, select_checkpoint
+
+__all__ = [
+    "ALIASES",
+    "CRITIQUE_DETECTORS",
+    "DEFAULT_COMPLETION_TEMPLATE",
+    "DEFAULT_SYSTEM_PROMPT",
+    "REGISTRY",
+    "Benchmark",
+    "Checkpoint",
+    "EvalConfig",
+    "ModelSpec",
+    "Problem",
+    "backend_options",
+    "benchmark_info",
+    "build_prompt",
+    "check_models",
+    "check_selection_set",
+    "critique_signals",
+    "drift_metrics",
+    "evaluate",
+    "find_checkpoints",
+    "generate_and_grade",
+    "load_problems",
+    "markdown_table",
+    "normalize_gold",
+    "parse_models",
+    "pass_at_k",
+    "percent",
+    "render_report",
+    "render_selection_report",
+    "resolve_benchmark",
+    "run_eval",
+    "run_model",
+    "score_samples",
+    "select_checkpoint",
+]
