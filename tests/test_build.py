@@ -9,29 +9,26 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
-from cgd_trainer.build import (
-    CFT_INSTRUCTION,
+from cgd_trainer.commands.build import run as cli_main
+from cgd_trainer.conditions import (
     CONDITIONS,
-    GENERIC_CRITIQUE,
-    NO_CRITIQUE_INSTRUCTION,
     BuildConfig,
     Decontaminator,
     build,
-    cli_main,
     derangement,
     filter_correct_records,
     largest_ratio_size,
     normalize_text,
     parse_ratio,
-    parse_verdict,
     ratio_counts,
     render_card,
     sample_ratio_subsets,
     split_cft_input,
     word_ngrams,
 )
-from cgd_trainer.demo_data import demo_data_path
-from cgd_trainer.formatting import DEFAULT_INSTRUCTION
+from cgd_trainer.demo.problems import demo_data_path, generate_records
+from cgd_trainer.records import parse_verdict
+from cgd_trainer.templates import CFT_INSTRUCTION, DEFAULT_INSTRUCTION, GENERIC_CRITIQUE, NO_CRITIQUE_INSTRUCTION
 
 # Seven handwritten records: three right, three wrong, one without a verdict (r6), one without a reference (r5).
 RECORDS = [
@@ -468,7 +465,7 @@ def test_everything_filtered_out(tmp_path):
 
 def test_stale_files_are_reported(tmp_path, caplog):
     run_build(tmp_path, conditions=["cgd", "sft"], ratios=["50/50"])
-    with caplog.at_level("WARNING", logger="cgd_trainer.build"):
+    with caplog.at_level("WARNING", logger="cgd_trainer.conditions.runner"):
         summary, out = run_build(tmp_path, conditions=["cgd"], ratios=[])
     assert "holds files from an earlier build that this one did not write: ['ratio_50_50.jsonl', 'sft.jsonl']" in (
         caplog.text
@@ -860,3 +857,38 @@ def test_builtin_demo(tmp_path):
     rows = read_jsonl(out / "irrelevant_critique.jsonl")
     assert all(row["critique_source_id"] != row["id"] for row in rows)
     assert read_jsonl(out / "cgd.jsonl") == [{key: record[key] for key in CGD_COLUMNS} for record in shipped]
+
+
+def test_keys_that_first_appear_on_the_last_rows(tmp_path):
+    # Thousands of records where the reference answers, and a nested provenance key, exist only for the last few: the
+    # input is read without schema inference, so late keys are read like any other. The (ignored) provenance log makes
+    # the file span several of the 10 MB chunks `datasets` reads JSON in; it cast each to the first one's schema and
+    # failed with "Couldn't cast".
+    records = generate_records(3000, seed=0)
+    late = len(records) - 3
+    rows = []
+    for index, record in enumerate(records):
+        row = {key: value for key, value in record.items() if key != "reference_answer"}
+        row["provenance"] = {"teacher": "demo", "log": "." * 4000}
+        if index >= late:
+            row["reference_answer"] = record["reference_answer"]
+            row["provenance"]["from_input"] = {"dataset": "gsm8k", "index": index}
+        rows.append(row)
+    source = write_jsonl(tmp_path / "records.jsonl", rows)
+    assert source.stat().st_size > 10 << 20
+    summary = cli_main(["--input", str(source), "--output_dir", str(tmp_path / "sets")])
+    out = tmp_path / "sets"
+    assert summary["input"]["records"] == 3000 and summary["input"]["with_reference"] == 3
+    assert summary["input"]["ignored_columns"] == ["provenance"]
+    assert not any("skipped" in entry for entry in summary["conditions"].values())
+    for name in CONDITIONS:
+        assert (out / f"{name}.jsonl").is_file()
+    sft = summary["conditions"]["sft"]
+    assert sft["records"] == 3 and sft["dropped"] == {"no_reference": 2997}
+    assert read_jsonl(out / "sft.jsonl") == [
+        {"id": r["id"], "prompt": user(r["prompt"]), "completion": assistant(r["reference_answer"])}
+        for r in records[late:]
+    ]
+    cgd = read_jsonl(out / "cgd.jsonl")
+    assert len(cgd) == 3000 and cgd[0]["reference_answer"] is None
+    assert cgd[-1]["reference_answer"] == records[-1]["reference_answer"]

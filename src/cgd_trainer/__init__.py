@@ -21,7 +21,15 @@ _LAZY = {
     "DEFAULT_TEMPLATE": "cgd_trainer.templates",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "CGDConfig",
+    "CGDTrainer",
+    "CritiqueCollator",
+    "DEFAULT_CRITIQUE_TEMPLATE",
+    "DEFAULT_INSTRUCTION",
+    "DEFAULT_TEMPLATE",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .collator import CritiqueCollator

@@ -107,9 +107,7 @@ class CGDConfig(SFTConfig):
                 f"`cgd_truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.cgd_truncation!r}."
             )
         check_template(self.cgd_template, "cgd_template", ("question", "initial_response", "critique"), PLACEHOLDERS)
-        check_template(
-            self.cgd_critique_template, "cgd_critique_template", ("critique",), ("critique", "instruction")
-        )
+        check_template(self.cgd_critique_template, "cgd_critique_template", ("critique",), ("critique", "instruction"))
         if not self.cgd_fused_lm_head and self.loss_type not in ("nll", "chunked_nll"):
             raise ValueError(
                 f"`cgd_fused_lm_head=False` computes the model's own cross-entropy, so it supports `loss_type='nll'` "
