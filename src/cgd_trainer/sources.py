@@ -151,6 +151,22 @@ class JsonlAppender:
         self.close()
 
 
+def loads_object(text: str, where: str, fix: str) -> dict[str, Any]:
+    """
+    Parses one JSON object.
+
+    Raises:
+        `ValueError`: naming where the text comes from (a file and line, a setting) and how to fix it.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error}); {fix}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(value).__name__}; {fix}.")
+    return value
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """
     Reads a JSONL file one row at a time (blank lines are skipped).
@@ -162,13 +178,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error}); fix or delete the line.") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}.")
-            yield row
+            yield loads_object(line, f"{path}, line {number}", "fix or delete the line")
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:

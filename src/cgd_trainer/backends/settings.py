@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sources import loads_object
 from .registry import backend_class
 
 # The settings of a single model, which have no shared default: `cgd generate` prefixes them with `student_` and
@@ -55,13 +55,7 @@ BACKEND_SETTINGS: dict[str, dict[str, str]] = {
 def _json_object(value: Any, name: str) -> dict[str, Any] | None:
     if not isinstance(value, str):
         return value
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"`{name}` must be a JSON object, e.g. '{{\"top_k\": 20}}': {error}.") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"`{name}` must be a JSON object, got {value!r}.")
-    return parsed
+    return loads_object(value, f"`{name}`", """give a JSON object such as '{"top_k": 20}'""")
 
 
 @dataclass

@@ -88,6 +88,13 @@ def _add_cgd(out: ConditionSet, record: Mapping[str, Any], with_reference: bool,
     out.verdicts.append(record["verdict"])
 
 
+def _draft_turn(template: str, instruction: str, record: Mapping[str, Any]) -> str:
+    """The user turn of a condition that shows the question and the draft (no critique)."""
+    return fill(
+        template, instruction=instruction, question=record["prompt"], initial_response=record["initial_response"]
+    )
+
+
 def _add_chat(out: ConditionSet, record: Mapping[str, Any], user: str, target: str) -> None:
     out.rows.append(_chat_row(record["id"], user, target))
     out.contexts.append(user)
@@ -230,13 +237,7 @@ def _build_cft(out: ConditionSet, records: Sequence[dict], config: ConditionSett
         if not record["critique"].strip():
             out.dropped["empty_critique"] = out.dropped.get("empty_critique", 0) + 1
             continue
-        user = fill(
-            CFT_TEMPLATE,
-            instruction=config.cft_instruction,
-            question=record["prompt"],
-            initial_response=record["initial_response"],
-        )
-        _add_chat(out, record, user, record["critique"])
+        _add_chat(out, record, _draft_turn(CFT_TEMPLATE, config.cft_instruction, record), record["critique"])
 
 
 @register_condition(
@@ -246,12 +247,7 @@ def _build_no_critique(
     out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
 ) -> None:
     for record in records:
-        user = fill(
-            NO_CRITIQUE_TEMPLATE,
-            instruction=config.no_critique_instruction,
-            question=record["prompt"],
-            initial_response=record["initial_response"],
-        )
+        user = _draft_turn(NO_CRITIQUE_TEMPLATE, config.no_critique_instruction, record)
         _add_chat(out, record, user, record["refined_response"])
 
 

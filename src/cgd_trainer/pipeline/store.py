@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..backends import Backend, Request
-from ..sources import JsonlAppender
+from ..sources import JsonlAppender, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,7 @@ class StageStore:
             if len(whole) != len(data):
                 logger.warning(f"{path}: dropped an unfinished last line (the previous run was interrupted).")
                 path.write_bytes(whole)
-            for number, line in enumerate(whole.decode("utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"{path}, line {number}: not valid JSON ({error}); fix or delete the line."
-                    ) from None
+            for entry in read_jsonl(path):
                 self.entries[entry["id"]] = entry
         self._appender = JsonlAppender(path)
 
