@@ -81,3 +81,20 @@ def test_build_and_train_help_exit_0():
         run = cgd(command, "--help")
         assert run.returncode == 0, run.stderr[-2000:]
         assert "usage:" in run.stdout
+
+
+def test_train_refuses_a_misspelt_recipe_key_or_flag_before_any_work(tmp_path):
+    # TRL's parser used to drop `lerning_rate` without a word and train at the default rate.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "env:\n  CGD_TEST_ENV: 'yes'\nmodel_name_or_path: builtin:tiny-chatml\ndataset_name: builtin:demo\n"
+        f"output_dir: {tmp_path / 'run'}\nuse_cpu: true\nbf16: false\nlerning_rate: 0.5\n"
+    )
+    run = cgd("train", "--config", str(recipe))
+    assert_usage_error(run, "lerning_rate", "learning_rate")
+    run = cgd("train", "--config", str(recipe).replace("recipe", "missing"))
+    assert_usage_error(run, "missing.yaml")
+    recipe.write_text(recipe.read_text().replace("lerning_rate", "learning_rate"))
+    run = cgd("train", "--config", str(recipe), "--max_stepz", "1")
+    assert_usage_error(run, "--max_stepz", "--max_steps")
+    assert not (tmp_path / "run").exists()

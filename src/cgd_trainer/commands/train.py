@@ -7,6 +7,7 @@ demo recipe is used.
 from __future__ import annotations
 
 from . import EXIT_OK
+from .parser import UsageError, did_you_mean, load_yaml_config, split_config_flag
 
 # The offline demo recipe, by path inside the package: the demo's code is not imported for it.
 DEMO_RECIPE = ("cgd_trainer.demo", "recipes/demo.yaml")
@@ -41,11 +42,37 @@ def run(argv: list[str], prog: str | None = None):
     """Parses the command line (and the YAML recipe), trains, and returns the [`CGDTrainer`]."""
     from ..train import main as train
 
-    parser = make_parser(prog=prog)
-    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
-        args=with_default_recipe(list(argv)), fail_with_unknown_args=False
-    )
+    script_args, training_args, model_args, dataset_args = parse(argv, prog=prog)
     return train(script_args, training_args, model_args, dataset_args)
+
+
+def parse(argv: list[str], prog: str | None = None) -> tuple:
+    """
+    Parses the command line and the YAML recipe into TRL's four argument dataclasses, strictly: a key of the recipe
+    or a flag that no argument has is an error naming it and the nearest valid one (TRL's own `env:` key is read as
+    TRL reads it).
+
+    Raises:
+        [`UsageError`]: for an unknown key or flag, before anything is loaded.
+    """
+    parser = make_parser(prog=prog)
+    argv = with_default_recipe(list(argv))
+    settings = [action.dest for action in parser._actions if action.dest != "help"]
+    # Checked before TRL builds the dataclasses, whose own checks (e.g. bf16 on a CPU) would hide a misspelt key.
+    path, flags = split_config_flag(argv)
+    if path is not None:
+        unknown = [key for key in load_yaml_config(path) if key not in settings]
+        if unknown:
+            raise UsageError(
+                f"--config {path}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], settings)} "
+                f"Run `{parser.prog} --help` for the arguments."
+            )
+    _, remaining = parser.parse_known_args(flags)
+    if remaining:
+        first = next((item for item in remaining if item.startswith("-")), remaining[0]).split("=", 1)[0]
+        hint = did_you_mean(first.lstrip("-"), settings).replace("`", "`--", 1) if first.startswith("--") else ""
+        raise UsageError(f"unrecognized arguments: {' '.join(remaining)}.{hint}")
+    return tuple(parser.parse_args_and_config(args=argv))
 
 
 def main(argv: list[str], prog: str | None = "cgd train") -> int:
