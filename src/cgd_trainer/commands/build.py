@@ -17,9 +17,9 @@ def make_parser(prog: str | None = "cgd build") -> ConfigParser:
 
 def run(argv: list[str]) -> dict[str, Any]:
     """Builds the training sets, prints a short table and returns the summary."""
+    (config,) = make_parser().parse_args_and_config(argv)
     from ..conditions import build, format_table
 
-    (config,) = make_parser().parse_args_and_config(argv)
     summary = build(config)
     print(format_table(summary))
     return summary

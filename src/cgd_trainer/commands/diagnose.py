@@ -18,9 +18,9 @@ def make_parser(prog: str | None = "cgd diagnose") -> ConfigParser:
 
 def run(argv: list[str]) -> dict[str, Any]:
     """Runs `cgd diagnose`, prints the table and returns the summary."""
+    (config,) = make_parser().parse_args_and_config(argv)
     from ..evaluation.diagnose import diagnose, render_markdown
 
-    (config,) = make_parser().parse_args_and_config(argv)
     summary = diagnose(config)
     print(render_markdown(summary))
     print(f"Written to {Path(config.output_dir) / 'diagnose.md'}")

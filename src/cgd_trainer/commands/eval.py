@@ -18,9 +18,9 @@ def make_parser(prog: str | None = "cgd eval") -> ConfigParser:
 
 def run(argv: list[str]) -> dict[str, Any]:
     """Runs `cgd eval` and returns `{"summary": ..., "selection": ...}`."""
+    (config,) = make_parser().parse_args_and_config(argv)
     from ..evaluation import percent, run_eval
 
-    (config,) = make_parser().parse_args_and_config(argv)
     result = run_eval(config)
     output_dir = Path(config.output_dir)
     if result["selection"] is not None:

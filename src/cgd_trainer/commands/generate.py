@@ -20,9 +20,9 @@ def make_parser(prog: str | None = "cgd generate") -> ConfigParser:
 
 def run(argv: list[str]) -> dict[str, Any]:
     """Runs the pipeline and returns its summary (also written to `summary.json`)."""
+    (config,) = make_parser().parse_args_and_config(argv)
     from ..pipeline import Pipeline
 
-    (config,) = make_parser().parse_args_and_config(argv)
     pipeline = Pipeline(config)
     try:
         return pipeline.run()

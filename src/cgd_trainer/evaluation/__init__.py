@@ -23,32 +23,48 @@ Everything lands in `output_dir`: `samples.jsonl` (one line per output), `summar
 - `diagnose`: `cgd diagnose`, the NLL and entropy of refined answers with and without the critique.
 
 The commands themselves are `cgd_trainer.commands.eval` and `cgd_trainer.commands.diagnose`. Importing this package
-costs no torch, TRL or `datasets`: they load when a model or a dataset does.
+costs nothing: its names load on first use, and torch, TRL and `datasets` when a model or a dataset does.
 """
 
-from .benchmarks import (
-    ALIASES,
-    REGISTRY,
-    Benchmark,
-    Problem,
-    benchmark_info,
-    load_problems,
-    normalize_gold,
-    resolve_benchmark,
-)
-from .config import (
-    DEFAULT_COMPLETION_TEMPLATE,
-    DEFAULT_SYSTEM_PROMPT,
-    EvalConfig,
-    ModelSpec,
-    backend_options,
-    check_models,
-    parse_models,
-)
-from .metrics import CRITIQUE_DETECTORS, critique_signals, drift_metrics, pass_at_k, score_samples
-from .report import markdown_table, percent, render_report, render_selection_report
-from .runner import build_prompt, evaluate, generate_and_grade, run_eval, run_model
-from .selection import Checkpoint, check_selection_set, find_checkpoints, select_checkpoint
+import importlib
+
+# public name -> submodule; imported on first use, so that `cgd eval --help` loads neither math-verify nor
+# the runner.
+_LAZY = {
+    "ALIASES": "benchmarks",
+    "Benchmark": "benchmarks",
+    "Problem": "benchmarks",
+    "REGISTRY": "benchmarks",
+    "benchmark_info": "benchmarks",
+    "load_problems": "benchmarks",
+    "normalize_gold": "benchmarks",
+    "resolve_benchmark": "benchmarks",
+    "DEFAULT_COMPLETION_TEMPLATE": "config",
+    "DEFAULT_SYSTEM_PROMPT": "config",
+    "EvalConfig": "config",
+    "ModelSpec": "config",
+    "backend_options": "config",
+    "check_models": "config",
+    "parse_models": "config",
+    "CRITIQUE_DETECTORS": "metrics",
+    "critique_signals": "metrics",
+    "drift_metrics": "metrics",
+    "pass_at_k": "metrics",
+    "score_samples": "metrics",
+    "markdown_table": "report",
+    "percent": "report",
+    "render_report": "report",
+    "render_selection_report": "report",
+    "build_prompt": "runner",
+    "evaluate": "runner",
+    "generate_and_grade": "runner",
+    "run_eval": "runner",
+    "run_model": "runner",
+    "Checkpoint": "selection",
+    "check_selection_set": "selection",
+    "find_checkpoints": "selection",
+    "select_checkpoint": "selection",
+}
 
 __all__ = [
     "ALIASES",
@@ -85,3 +101,11 @@ __all__ = [
     "score_samples",
     "select_checkpoint",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
