@@ -159,3 +159,38 @@ def test_collator_truncates_on_the_fly(tokenizers, long_records, caplog):
     segments = split_batch(batch)
     assert len(segments) == 8 and all(len(ids) <= MAX_LENGTH for ids, _ in segments)
     assert [check_segment(tokenizer, ids, labels, records, "plain") for ids, labels in segments] == list(range(8))
+
+
+def test_plain_training_arguments_fit_records_to_trls_max_length(tmp_path, tokenizers):
+    # With `TrainingArguments`, TRL cuts at SFTConfig's default max_length (1024) from the end. CGD truncation must fit
+    # records to that same length: before, it saw `max_length=None`, TRL cut the refined answers away and the
+    # records were dropped as fully masked while `cgd_stats` counted them as kept.
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    records = make_records(8, seed=2)
+    for record in records[::2]:
+        record["initial_response"] = " ".join([record["initial_response"]] * 80)
+    tokenizer = tokenizers["chatml"]
+    collator = CritiqueCollator(tokenizer)
+    default = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).max_length
+    assert all(_length(collator, tokenizer, record) > default for record in records[::2])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+    )
+    trainer = CGDTrainer(
+        model=build_model(tokenizer, "chatml"),
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+    )
+    assert trainer.cgd_stats["train"] == {"kept": 4, "shortened": 4, "dropped": 0}
+    assert len(trainer.train_dataset) == 8  # what is counted is what is trained
+    assert check_dataloader(trainer, records, "chatml") == set(range(8))
+    for batch in trainer.get_train_dataloader():
+        assert all(len(ids) <= default for ids, _ in split_batch(batch))
