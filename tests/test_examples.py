@@ -72,6 +72,60 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
         assert model.use_peft and not model.load_in_4bit
 
 
+# The token each recipe's trained model must stop on, as its tokenizer and chat template define it (read from the
+# models' tokenizer_config.json and chat templates): `eos_token` in the recipe when the tokenizer's own eos is not the
+# end-of-turn token. Llama-3.1-8B-Instruct's tokenizer already ends on <|eot_id|>; Qwen2.5-Math-7B's ends text with
+# <|endoftext|> while its chat template closes turns with <|im_end|>.
+STOP_TOKENS = {
+    "Qwen/Qwen2.5-Math-7B": ("<|endoftext|>", "<|im_end|>"),
+    "meta-llama/Llama-3.1-8B-Instruct": ("<|eot_id|>", "<|eot_id|>"),
+    "builtin:tiny-chatml": ("<|im_end|>", "<|im_end|>"),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "examples" / "recipes")))
+def test_recipe_stops_on_the_end_of_turn_token(recipe, tmp_path):
+    overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
+    _, training, model, _ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
+    tokenizer_eos, end_of_turn = STOP_TOKENS[model.model_name_or_path]
+    assert (training.eos_token or tokenizer_eos) == end_of_turn
+
+
+def test_saved_model_stops_on_the_end_of_turn_token(tmp_path, tokenizers, dataset):
+    # A Qwen-base-like tokenizer (eos <|endoftext|>, ChatML template) trained with the recipes' `eos_token`: the saved
+    # tokenizer and generation_config stop on <|im_end|>, which ends every trained refined answer.
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from cgd_trainer import CGDTrainer
+    from helpers import build_model, make_config
+
+    tokenizer = AutoTokenizer.from_pretrained(_save_tokenizer(tokenizers["chatml"], tmp_path / "base"))
+    tokenizer.eos_token = "<|endoftext|>"
+    model = build_model(tokenizer, "chatml")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    trainer = CGDTrainer(
+        model=model,
+        args=make_config(tmp_path, max_steps=1, eos_token="<|im_end|>"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    example = trainer.train_dataset[0]
+    trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert im_end in trained[-2:]
+    trainer.train()
+    trainer.save_model(str(tmp_path / "trained"))
+    saved = GenerationConfig.from_pretrained(tmp_path / "trained")
+    stops = saved.eos_token_id if isinstance(saved.eos_token_id, list) else [saved.eos_token_id]
+    assert stops[0] == im_end
+    assert AutoTokenizer.from_pretrained(tmp_path / "trained").eos_token == "<|im_end|>"
+
+
+def _save_tokenizer(tokenizer, path):
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.name)
 def test_accelerate_config_loads(config):
     loaded = load_config_from_file(str(config))
