@@ -20,13 +20,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The whole method offline: generate CGD data (demo student and teacher), build the training sets, train a tiny model.
+# Each `make demo` trains afresh (`--overwrite_output_dir`); `cgd train` would refuse to rerun a finished run.
 DEMO_DATA ?= outputs/cgd-demo/data
 
 demo: install
 	$(VENV)/bin/cgd generate --config examples/pipeline/demo.yaml --output_dir $(DEMO_DATA)
 	$(VENV)/bin/cgd build --input $(DEMO_DATA)/records.jsonl --output_dir $(DEMO_DATA)/sets
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		examples/train.py --dataset_name $(DEMO_DATA)/sets/cgd.jsonl $(DEMO_ARGS)
+		examples/train.py --dataset_name $(DEMO_DATA)/sets/cgd.jsonl --overwrite_output_dir true $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest

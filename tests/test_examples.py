@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,15 @@ def _losses(checkpoint: Path) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
+def _crash_after(output_dir: Path, step: int) -> None:
+    """Leaves `output_dir` as a run killed after its checkpoint at `step`: later checkpoints gone, not finished."""
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
+    record = json.loads((output_dir / "cgd_run.json").read_text())
+    (output_dir / "cgd_run.json").write_text(json.dumps({**record, "finished": False}))
+
+
 @pytest.mark.slow
 def test_resume_gives_the_same_loss_curve(tmp_path):
     common = [
@@ -290,12 +300,47 @@ def test_resume_gives_the_same_loss_curve(tmp_path):
     ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _launch([sys.executable, *common, "--max_steps", "6", "--output_dir", str(straight)])
-    _launch([sys.executable, *common, "--max_steps", "4", "--output_dir", str(resumed)])
+    shutil.copytree(straight, resumed)
+    _crash_after(resumed, step=4)
     log = _launch([sys.executable, *common, "--max_steps", "6", "--output_dir", str(resumed)])
     assert "Resuming from" in log and "checkpoint-4" in log
     expected, got = _losses(straight / "checkpoint-6"), _losses(resumed / "checkpoint-6")
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     assert [got[s] for s in range(1, 7)] == pytest.approx([expected[s] for s in range(1, 7)], rel=1e-5)
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cgd_trainer.cli", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+
+
+def _refused(run: subprocess.CompletedProcess, *words: str) -> None:
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert all(word in line for word in words), line
+
+
+@pytest.mark.slow
+def test_a_finished_or_different_run_is_not_resumed(tmp_path):
+    # Before, a relaunch "resumed" the finished run: it trained nothing, printed the old summary and ignored new flags.
+    common = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path)]
+    assert _train(*common).returncode == 0
+    _refused(_train(*common), str(tmp_path), "holds a finished run", "--overwrite_output_dir", "--output_dir")
+    _refused(_train(*common, "--learning_rate", "1e-3"), "learning_rate 0.003 -> 0.001")
+    run = _train(*common, "--learning_rate", "1e-3", "--overwrite_output_dir", "true")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "cgd_run.json").read_text())["arguments"]["learning_rate"] == 1e-3
+
+
+@pytest.mark.slow
+def test_model_only_checkpoints_are_not_resumed_as_if_exact(tmp_path):
+    # The paper recipes' `save_only_model: true`: a relaunch would restart the optimizer and the schedule.
+    common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "5"]
+    common += ["--save_only_model", "true", "--output_dir", str(tmp_path)]
+    assert _train(*common).returncode == 0
+    _crash_after(tmp_path, step=2)
+    _refused(_train(*common), "model-only checkpoints", "save_only_model", "--resume_from_checkpoint")
 
 
 @pytest.mark.slow

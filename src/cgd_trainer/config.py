@@ -53,6 +53,10 @@ class CGDConfig(SFTConfig):
             when memory allows (1.16x the tokens/s for 1.70x the peak memory on a Qwen2-0.5B shape on an H200, see
             docs/performance.md), and the same loss. Logged metrics are the same either way. Supports
             `loss_type="nll"` only, and no mixture-of-experts router loss.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            `cgd train` / `examples/train.py` only: start afresh in an `output_dir` that holds a finished run, a run
+            with other arguments, or model-only checkpoints, deleting its `checkpoint-*` folders. Without it such a
+            launch stops with a message; an unfinished run with the same arguments is resumed.
     """
 
     prompt_field: str = field(default="prompt", metadata={"help": "Column holding the question."})
@@ -89,6 +93,13 @@ class CGDConfig(SFTConfig):
     )
     cgd_truncation_marker: str = field(
         default=" [...]", metadata={"help": "Text appended to a shortened context field."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "cgd train: start afresh in an output_dir that holds a finished run, a run with other arguments "
+            "or model-only checkpoints (its checkpoint-* folders are deleted)."
+        },
     )
     cgd_fused_lm_head: bool = field(
         default=True,

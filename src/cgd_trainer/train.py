@@ -13,8 +13,10 @@ demo recipe is used.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -72,6 +74,9 @@ def main(
     model_id = model_args.model_name_or_path
     if not model_id:
         raise ValueError("Set `model_name_or_path` (a hub id, a local folder, or `builtin:tiny-chatml`).")
+    # Before any work: does this launch continue a run, start one, or meet a run it must not touch?
+    arguments = run_arguments(script_args, training_args, model_args)
+    resume = prepare_output_dir(training_args, arguments)
     model_id = resolve_model(model_id, training_args.output_dir)
 
     model_init_kwargs = dict(
@@ -95,13 +100,6 @@ def main(
             )
         eval_dataset = dataset[script_args.dataset_test_split]
 
-    # Pick up where a previous run in the same output_dir stopped (pre-emption, crash, a second launch).
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is not None:
-            logger.warning(f"Resuming from {resume}.")
-
     trainer = CGDTrainer(
         model=model_id,
         args=training_args,
@@ -112,6 +110,8 @@ def main(
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        write_run_file(Path(training_args.output_dir), arguments, finished=True)
     trainer.create_model_card(model_name=Path(training_args.output_dir).name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
@@ -121,6 +121,124 @@ def main(
     if hasattr(trainer, "end"):  # transformers >= 5.18 closes trackers and the process group here
         trainer.end()
     return trainer
+
+
+# The file in `output_dir` that records what makes a run this run, and the arguments it holds: those that change the
+# losses a relaunch would continue (logging, saving and evaluation settings may change between launches).
+RUN_FILE = "cgd_run.json"
+RUN_SCRIPT_KEYS = ("dataset_name", "dataset_config", "dataset_train_split")
+RUN_MODEL_KEYS = ("model_name_or_path", "model_revision", "use_peft", "lora_r", "lora_alpha", "load_in_4bit")
+RUN_TRAINING_KEYS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "max_length",
+    "packing",
+    "padding_free",
+    "completion_only_loss",
+    "save_only_model",
+)
+# What a checkpoint holds when it can be resumed exactly: an optimizer state (plain, DeepSpeed or FSDP).
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer.safetensors")
+
+
+def run_arguments(script_args: ScriptArguments, training_args: CGDConfig, model_args: ModelConfig) -> dict:
+    """The arguments that make a run this run (see `RUN_*_KEYS`, and every `cgd_*` field)."""
+    values = {key: getattr(script_args, key, None) for key in RUN_SCRIPT_KEYS}
+    values.update({key: getattr(model_args, key, None) for key in RUN_MODEL_KEYS})
+    values.update({key: getattr(training_args, key, None) for key in RUN_TRAINING_KEYS})
+    values.update({key: value for key, value in vars(training_args).items() if key.startswith("cgd_")})
+    return json.loads(json.dumps(values, default=str))  # as it reads back from the file
+
+
+def _resumable(checkpoint: str) -> bool:
+    names = os.listdir(checkpoint)
+    return any(name in _OPTIMIZER_FILES or name.startswith(("global_step", "optimizer_")) for name in names)
+
+
+def prepare_output_dir(training_args: CGDConfig, arguments: dict) -> str | None:
+    """
+    Decides what a launch does with its `output_dir`, before any work, and records the run's arguments there.
+
+    - an explicit `resume_from_checkpoint` is used as given;
+    - no checkpoint: a new run;
+    - the last checkpoint of an unfinished run with the same arguments, saved with its optimizer state: resumed,
+      exactly;
+    - a finished run, a run with other arguments, or a model-only checkpoint (`save_only_model`), which would
+      restart the optimizer and the schedule: refused with the ways on, unless `overwrite_output_dir` (then the old
+      checkpoints are deleted and the run starts afresh).
+
+    Returns:
+        `str` or `None`: The checkpoint to resume from.
+
+    Raises:
+        `ValueError`: one message naming the folder, what it holds and what to do.
+    """
+    from accelerate import PartialState
+
+    output_dir = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    last = get_last_checkpoint(str(output_dir)) if resume is None and output_dir.is_dir() else None
+    state = PartialState()
+    if last is not None:
+        problem = _relaunch_problem(output_dir, last, arguments)
+        if problem is None:
+            logger.warning(f"Resuming from {last}.")
+            resume = last
+        elif not getattr(training_args, "overwrite_output_dir", False):
+            raise ValueError(
+                f"{output_dir} {problem}. To go on: choose a new `--output_dir`, add `--overwrite_output_dir true` "
+                f"to start afresh there (its checkpoints are deleted), or pass `--resume_from_checkpoint {last}` to "
+                "continue from it anyway."
+            )
+        else:
+            logger.warning(f"{output_dir} {problem}; `overwrite_output_dir`: its checkpoints are deleted.")
+            with state.main_process_first():
+                if state.is_main_process:
+                    for checkpoint in output_dir.glob("checkpoint-*"):
+                        shutil.rmtree(checkpoint, ignore_errors=True)
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_run_file(output_dir, arguments, finished=False)
+    return resume
+
+
+def write_run_file(output_dir: Path, arguments: dict, finished: bool) -> None:
+    record = {"arguments": arguments, "finished": finished}
+    (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def _relaunch_problem(output_dir: Path, checkpoint: str, arguments: dict) -> str | None:
+    """Why a launch must not resume from `checkpoint`, or `None` when it continues the same, unfinished run."""
+    saved_file = output_dir / RUN_FILE
+    record = json.loads(saved_file.read_text("utf-8")) if saved_file.is_file() else None
+    if record is not None:
+        saved = record["arguments"]
+        changed = [key for key in sorted(set(saved) | set(arguments)) if saved.get(key) != arguments.get(key)]
+        if changed:
+            listed = ", ".join(f"{key} {saved.get(key)!r} -> {arguments.get(key)!r}" for key in changed)
+            return f"holds a run with other arguments ({listed})"
+        if record.get("finished"):
+            return "holds a finished run"
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text("utf-8"))
+        if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+            step = f"step {state['global_step']} of {state['max_steps']}"
+            return f"holds a finished run ({Path(checkpoint).name}, {step})"
+    if not _resumable(checkpoint):
+        return (
+            f"holds model-only checkpoints ({Path(checkpoint).name}, `save_only_model: true`): without the optimizer, "
+            "scheduler and RNG state a relaunch would not continue the run, it would restart its optimizer and "
+            "learning-rate schedule"
+        )
+    return None
 
 
 def summarize(trainer) -> str:
