@@ -122,6 +122,33 @@ def test_saved_model_stops_on_the_end_of_turn_token(tmp_path, tokenizers, datase
     assert AutoTokenizer.from_pretrained(tmp_path / "trained").eos_token == "<|im_end|>"
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "examples" / "recipes")))
+def test_paper_recipes_track_with_trackio_and_the_demo_stays_quiet(recipe, tmp_path):
+    overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
+    _, training, _, _ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
+    if recipe.parent.name == "tiny":
+        assert training.report_to == []
+    else:
+        assert training.report_to == ["trackio"] and training.project == "cgd"
+        assert training.run_name == f"{recipe.parent.name}-cgd-{recipe.stem}"
+
+
+@pytest.mark.slow
+def test_trackio_records_the_run_offline(tmp_path):
+    # What the paper recipes log, on the demo: trackio's local store, no network.
+    env = {**_env(), "TRACKIO_DIR": str(tmp_path / "trackio")}
+    args = ["--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "run")]
+    args += ["--report_to", "trackio", "--project", "cgd-test", "--run_name", "tiny-cgd"]
+    command = [sys.executable, "-m", "cgd_trainer.cli", "train", *args]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    read = "s.SQLiteStorage.get_logs('cgd-test', 'tiny-cgd')"
+    code = f"import json, trackio.sqlite_storage as s; print(json.dumps({read}, default=str))"
+    logs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    losses = [row["train/loss"] for row in json.loads(logs.stdout) if "train/loss" in row]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses), logs.stderr[-2000:]
+
+
 def _save_tokenizer(tokenizer, path):
     tokenizer.save_pretrained(path)
     return str(path)
