@@ -136,6 +136,8 @@ class BackendSettings:
         llm_kwargs: dict[str, Any] = dict(engine_defaults or {})
         for setting, keyword in BACKEND_SETTINGS[kind].items():
             value = values.get(setting)
+            if setting == "data_parallel_size" and value == 1:
+                continue  # no data parallelism: vLLM's own default, not passed
             if keyword != "llm_kwargs":
                 options[keyword] = value
             elif setting == "vllm_kwargs":

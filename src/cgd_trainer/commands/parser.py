@@ -8,6 +8,7 @@ the nearest valid one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -26,6 +27,31 @@ def did_you_mean(key: str, valid: Iterable[str]) -> str:
     """` Did you mean `x`?` for the nearest valid name, or an empty string."""
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def setting_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The settings a parser takes (its destinations, less `--help` and `--config`)."""
+    return [action.dest for action in parser._actions if action.dest not in ("help", "config")]
+
+
+def check_config_keys(config: dict[str, Any], settings: Sequence[str], path: str, prog: str) -> None:
+    """
+    Raises:
+        [`UsageError`]: naming the first key of a YAML config that is not a setting, and the nearest one that is.
+    """
+    unknown = [key for key in config if key not in settings]
+    if unknown:
+        raise UsageError(
+            f"--config {path}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], settings)} "
+            f"Run `{prog} --help` for the settings."
+        )
+
+
+def unknown_args_message(remaining: Sequence[str], settings: Sequence[str]) -> str:
+    """The message for command-line arguments no setting takes, suggesting the flag nearest to the first one."""
+    first = next((arg for arg in remaining if arg.startswith("--")), None)
+    hint = did_you_mean(first.split("=", 1)[0][2:], settings).replace("`", "`--", 1) if first else ""
+    return f"unrecognized arguments: {' '.join(remaining)}.{hint}"
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:
@@ -84,9 +110,6 @@ class ConfigParser(HfArgumentParser):
         # `--config` appears in `--help`; it is taken out of the arguments before they are parsed.
         self.add_argument("--config", metavar="PATH", help="YAML file of settings; flags override it.")
 
-    def _settings(self) -> list[str]:
-        return [action.dest for action in self._actions if action.dest not in ("help", "config")]
-
     def parse_args_and_config(self, args: Sequence[str] | None = None, fail_with_unknown_args: bool = True):
         """
         Parses the YAML file named by `--config` and the flags into the dataclasses.
@@ -100,24 +123,15 @@ class ConfigParser(HfArgumentParser):
         path, argv = split_config_flag(sys.argv[1:] if args is None else args)
         if path is not None:
             config = load_yaml_config(path)
-            settings = self._settings()
-            unknown = [key for key in config if key not in settings]
-            if unknown and fail_with_unknown_args:
-                key = unknown[0]
-                raise UsageError(
-                    f"--config {path}: unknown key `{key}`.{did_you_mean(key, settings)} "
-                    f"Run `{self.prog} --help` for the settings."
-                )
+            if fail_with_unknown_args:
+                check_config_keys(config, setting_names(self), path, self.prog)
             for action in self._actions:
                 if action.dest in config:
                     action.default = config[action.dest]
                     action.required = False
         namespace, remaining = self.parse_known_args(argv)
         if remaining:
-            flags = [arg for arg in remaining if arg.startswith("--")]
-            first = (flags or remaining)[0].split("=", 1)[0]
-            hint = did_you_mean(first.lstrip("-"), self._settings()).replace("`", "`--", 1) if flags else ""
-            self.error(f"unrecognized arguments: {' '.join(remaining)}.{hint}")
+            self.error(unknown_args_message(remaining, setting_names(self)))
         del namespace.config
         outputs = []
         for dtype in self.dataclass_types:

@@ -7,7 +7,14 @@ demo recipe is used.
 from __future__ import annotations
 
 from . import EXIT_OK
-from .parser import UsageError, did_you_mean, load_yaml_config, split_config_flag
+from .parser import (
+    UsageError,
+    check_config_keys,
+    load_yaml_config,
+    setting_names,
+    split_config_flag,
+    unknown_args_message,
+)
 
 # The offline demo recipe, by path inside the package: the demo's code is not imported for it.
 DEMO_RECIPE = ("cgd_trainer.demo", "recipes/demo.yaml")
@@ -57,21 +64,14 @@ def parse(argv: list[str], prog: str | None = None) -> tuple:
     """
     parser = make_parser(prog=prog)
     argv = with_default_recipe(list(argv))
-    settings = [action.dest for action in parser._actions if action.dest != "help"]
+    settings = setting_names(parser)
     # Checked before TRL builds the dataclasses, whose own checks (e.g. bf16 on a CPU) would hide a misspelt key.
     path, flags = split_config_flag(argv)
     if path is not None:
-        unknown = [key for key in load_yaml_config(path) if key not in settings]
-        if unknown:
-            raise UsageError(
-                f"--config {path}: unknown key `{unknown[0]}`.{did_you_mean(unknown[0], settings)} "
-                f"Run `{parser.prog} --help` for the arguments."
-            )
+        check_config_keys(load_yaml_config(path), settings, path, parser.prog)
     _, remaining = parser.parse_known_args(flags)
     if remaining:
-        first = next((item for item in remaining if item.startswith("-")), remaining[0]).split("=", 1)[0]
-        hint = did_you_mean(first.lstrip("-"), settings).replace("`", "`--", 1) if first.startswith("--") else ""
-        raise UsageError(f"unrecognized arguments: {' '.join(remaining)}.{hint}")
+        raise UsageError(unknown_args_message(remaining, settings))
     return tuple(parser.parse_args_and_config(args=argv))
 
 

@@ -256,7 +256,7 @@ def backend_options(config: EvalConfig, kind: str, overrides: Mapping[str, Any] 
     """
     if kind not in EVAL_BACKENDS:
         raise ValueError(f"Unknown backend {kind!r} for `cgd eval`; use transformers, vllm or openai.")
-    options = config.backend_options(
+    return config.backend_options(
         kind,
         overrides=overrides,
         engine_defaults={"seed": config.seed},  # vLLM's engine is seeded like the sampling
@@ -264,7 +264,3 @@ def backend_options(config: EvalConfig, kind: str, overrides: Mapping[str, Any] 
         api_key_env=config.api_key_env,
         prompt_format=config.prompt_format,
     )
-    # Data parallelism off is the vLLM class's default, and `cgd eval` has never passed it: the options stay as before.
-    if options.get("data_parallel_size") == 1:
-        del options["data_parallel_size"]
-    return options

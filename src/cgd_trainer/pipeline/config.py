@@ -132,10 +132,9 @@ class GenerateConfig(BackendSettings):
             "refine": template_id(self.refine_system_prompt, self.refine_template),
         }
 
-    def backend_options(self, role: str) -> dict[str, Any]:  # type: ignore[override]
+    def role_options(self, role: str) -> dict[str, Any]:
         """The keyword arguments of the `student` or `teacher` backend's class."""
-        return BackendSettings.backend_options(
-            self,
+        return self.backend_options(
             getattr(self, f"{role}_backend"),
             base_url=getattr(self, f"{role}_base_url"),
             api_key_env=getattr(self, f"{role}_api_key_env"),

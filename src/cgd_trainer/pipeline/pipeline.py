@@ -120,7 +120,7 @@ class Pipeline:
         if self._backends[role] is None:
             c = self.config
             kind = getattr(c, f"{role}_backend")
-            self._backends[role] = make_backend(kind, getattr(c, f"{role}_model"), **c.backend_options(role))
+            self._backends[role] = make_backend(kind, getattr(c, f"{role}_model"), **c.role_options(role))
         return self._backends[role]
 
     def build_request(self, stage: str, item: dict, values: dict[str, str]) -> Request:
