@@ -12,13 +12,17 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from cgd_trainer import CritiqueCollator, cli
-from cgd_trainer.commands.train import make_parser, with_default_recipe
+from cgd_trainer.commands.parser import UsageError
+from cgd_trainer.commands.train import LaunchArguments, make_parser, parse, with_default_recipe, without_launch_flags
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
 from cgd_trainer.demo.run import demo_recipe_path
 from cgd_trainer.train import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "examples" / "recipes").rglob("*.yaml"))
+# The recipes and accelerate configs ship inside the package; examples/recipes/* and examples/accelerate_configs link
+# there.
+RECIPE_DIR = ROOT / "src" / "cgd_trainer" / "recipes"
+RECIPES = sorted(path for path in RECIPE_DIR.glob("*/*.yaml") if path.parent.name != "accelerate_configs")
 ACCELERATE_CONFIGS = sorted((ROOT / "examples" / "accelerate_configs").glob("*.yaml"))
 # GPUs each paper-scale recipe assumes (its header comment says so), to check the global batch of 64.
 ASSUMED_GPUS = {"full.yaml": 8, "lora.yaml": 1, "qlora.yaml": 1}
@@ -35,7 +39,9 @@ def _env():
 
 
 def test_recipes_exist():
-    names = {str(path.relative_to(ROOT / "examples" / "recipes")) for path in RECIPES}
+    names = {str(path.relative_to(RECIPE_DIR)) for path in RECIPES}
+    for name in names:  # the repository's examples/ shows the very files the package ships
+        assert (ROOT / "examples" / "recipes" / name).resolve() == (RECIPE_DIR / name).resolve()
     assert {
         "tiny/cpu.yaml",
         "llama-3.1-8b-instruct/full.yaml",
@@ -47,12 +53,12 @@ def test_recipes_exist():
     } <= names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "examples" / "recipes")))
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(RECIPE_DIR)))
 def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
     values = yaml.safe_load(recipe.read_text())
     # GPU recipes ask for bf16, which this CPU cannot do; the command line overrides it, as users may.
     overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
-    script, training, model, data = make_parser().parse_args_and_config(
+    script, training, model, data, _ = make_parser().parse_args_and_config(
         args=["--config", str(recipe), *overrides], fail_with_unknown_args=True
     )
     assert model.model_name_or_path == values["model_name_or_path"]
@@ -84,10 +90,10 @@ STOP_TOKENS = {
 }
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "examples" / "recipes")))
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(RECIPE_DIR)))
 def test_recipe_stops_on_the_end_of_turn_token(recipe, tmp_path):
     overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
-    _, training, model, _ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
+    _, training, model, *_ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
     tokenizer_eos, end_of_turn = STOP_TOKENS[model.model_name_or_path]
     assert (training.eos_token or tokenizer_eos) == end_of_turn
 
@@ -122,10 +128,10 @@ def test_saved_model_stops_on_the_end_of_turn_token(tmp_path, tokenizers, datase
     assert AutoTokenizer.from_pretrained(tmp_path / "trained").eos_token == "<|im_end|>"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "examples" / "recipes")))
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(RECIPE_DIR)))
 def test_paper_recipes_track_with_trackio_and_the_demo_stays_quiet(recipe, tmp_path):
     overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
-    _, training, _, _ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
+    _, training, *_ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
     if recipe.parent.name == "tiny":
         assert training.report_to == []
     else:
@@ -449,3 +455,40 @@ def test_eval_without_test_split_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="needs a 'test' split"):
         cli_main(["--max_steps", "1", "--eval_strategy", "steps", "--output_dir", str(tmp_path)])
+
+
+def test_recipes_and_accelerate_configs_by_name(tmp_path):
+    # A wheel install has no examples/ folder: shipped recipes are named without a path.
+    overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
+    by_name = parse(["--config", "qwen2.5-math-7b/full", *overrides])
+    by_path = parse(["--config", str(ROOT / "examples" / "recipes" / "qwen2.5-math-7b" / "full.yaml"), *overrides])
+    assert by_name[1].learning_rate == by_path[1].learning_rate == 1e-6
+    assert by_name[2].model_name_or_path == "Qwen/Qwen2.5-Math-7B"
+    assert parse(["--config", "tiny/cpu.yaml"])[2].model_name_or_path == "builtin:tiny-chatml"
+    with pytest.raises(UsageError, match=r"qwen2.5-math-7b/ful: no such file.*Did you mean `qwen2.5-math-7b/full`"):
+        parse(["--config", "qwen2.5-math-7b/ful"])
+    launch = parse(["--accelerate_config", "zero3", "--num_processes", "4", *overrides])[-1]
+    assert launch.is_set() and launch.accelerate_args() == [
+        "--config_file",
+        str(RECIPE_DIR / "accelerate_configs" / "zero3.yaml"),
+        "--num_processes",
+        "4",
+    ]
+    with pytest.raises(UsageError, match="Did you mean `fsdp2`"):
+        LaunchArguments(accelerate_config="fsdp3").accelerate_args()
+    assert not parse(overrides)[-1].is_set()
+    argv = ["--config", "x", "--num_processes", "2", "--accelerate_config=zero3", "--max_steps", "3"]
+    assert without_launch_flags(argv) == ["--config", "x", "--max_steps", "3"]
+
+
+@pytest.mark.slow
+def test_cgd_train_launches_through_accelerate_and_passes_its_exit_status_on(tmp_path):
+    common = ["--config", "tiny/cpu", "--num_processes", "1", "--max_steps", "2", "--save_strategy", "no"]
+    common += ["--output_dir", str(tmp_path)]
+    first = _train(*common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Launched once: the launched script does not launch again.
+    assert first.stderr.count("Running: accelerate launch --num_processes 1 -m cgd_trainer.scripts.train") == 1
+    assert "CGD training summary" in first.stdout and (tmp_path / "model.safetensors").exists()
+    # The launched process refuses a finished run (here one without checkpoints): its status 2 reaches the caller.
+    _refused(_train(*common), str(tmp_path), "holds a finished run", "--overwrite_output_dir")

@@ -29,6 +29,7 @@ LAYERS = [
     ("commands",),
     ("demo",),
     ("cli",),
+    ("scripts",),  # what launchers run: `accelerate launch -m cgd_trainer.scripts.train`
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

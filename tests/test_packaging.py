@@ -1,4 +1,5 @@
-"""The wheel installs into a clean virtualenv (no extras) where `import cgd_trainer` and a short run work."""
+"""The wheel installs into a clean virtualenv (no extras) where `import cgd_trainer`, a short run, and launches by
+recipe name (`accelerate launch -m cgd_trainer.scripts.train`, `cgd train --num_processes 1`) work."""
 
 import subprocess
 import sys
@@ -34,6 +35,12 @@ RUN = textwrap.dedent(
 )
 
 
+LIST_SHIPPED = (
+    "from cgd_trainer.commands.recipes import accelerate_config_names, recipe_names; "
+    "print(*recipe_names(), *accelerate_config_names())"
+)
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_trains_in_a_clean_venv(tmp_path):
     dist = tmp_path / "dist"
@@ -59,3 +66,23 @@ def test_wheel_installs_and_trains_in_a_clean_venv(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "loss" in run.stdout
+
+    # Launch without a clone: the recipes, accelerate configs and launch script come with the wheel.
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin"}
+    names = subprocess.run(
+        [str(python), "-c", LIST_SHIPPED], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
+    ).stdout.split()
+    assert {"qwen2.5-math-7b/full", "llama-3.1-8b-instruct/qlora", "tiny/cpu", "zero3", "fsdp2"} <= set(names)
+    short = ["--config", "tiny/cpu", "--max_steps", "2", "--save_strategy", "no", "--logging_steps", "1"]
+    launches = {
+        "accelerate": [str(env_dir / "bin" / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1"]
+        + ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cgd_trainer.scripts.train"],
+        "cgd": [str(env_dir / "bin" / "cgd"), "train", "--num_processes", "1"],
+    }
+    for name, command in launches.items():
+        output = tmp_path / f"run-{name}"
+        run = subprocess.run(
+            [*command, *short, "--output_dir", str(output)], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        assert "CGD training summary" in run.stdout and (output / "model.safetensors").exists()

@@ -186,16 +186,21 @@ def prepare_output_dir(training_args: CGDConfig, arguments: dict) -> str | None:
     resume = training_args.resume_from_checkpoint
     last = get_last_checkpoint(str(output_dir)) if resume is None and output_dir.is_dir() else None
     state = PartialState()
+    problem = None
     if last is not None:
         problem = _relaunch_problem(output_dir, last, arguments)
-        if problem is None:
-            logger.warning(f"Resuming from {last}.")
-            resume = last
-        elif not getattr(training_args, "overwrite_output_dir", False):
+    elif resume is None and _saved_run(output_dir).get("finished"):
+        # No checkpoint to resume from (e.g. `save_strategy: no`), but the folder holds a trained model.
+        problem = "holds a finished run (its model, no checkpoints)"
+    if last is not None and problem is None:
+        logger.warning(f"Resuming from {last}.")
+        resume = last
+    elif problem is not None:
+        if not getattr(training_args, "overwrite_output_dir", False):
+            explicit = f", or pass `--resume_from_checkpoint {last}` to continue from it anyway" if last else ""
             raise ValueError(
-                f"{output_dir} {problem}. To go on: choose a new `--output_dir`, add `--overwrite_output_dir true` "
-                f"to start afresh there (its checkpoints are deleted), or pass `--resume_from_checkpoint {last}` to "
-                "continue from it anyway."
+                f"{output_dir} {problem}. To go on: choose a new `--output_dir` or add `--overwrite_output_dir true` "
+                f"to start afresh there (its checkpoints are deleted){explicit}."
             )
         else:
             logger.warning(f"{output_dir} {problem}; `overwrite_output_dir`: its checkpoints are deleted.")
@@ -203,6 +208,7 @@ def prepare_output_dir(training_args: CGDConfig, arguments: dict) -> str | None:
                 if state.is_main_process:
                     for checkpoint in output_dir.glob("checkpoint-*"):
                         shutil.rmtree(checkpoint, ignore_errors=True)
+    state.wait_for_everyone()  # every rank has read the folder (and decided the same) before it is written
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_run_file(output_dir, arguments, finished=False)
@@ -214,11 +220,16 @@ def write_run_file(output_dir: Path, arguments: dict, finished: bool) -> None:
     (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
+def _saved_run(output_dir: Path) -> dict:
+    """The run file of `output_dir` (`{"arguments": ..., "finished": ...}`), or `{}` when there is none."""
+    saved_file = output_dir / RUN_FILE
+    return json.loads(saved_file.read_text("utf-8")) if saved_file.is_file() else {}
+
+
 def _relaunch_problem(output_dir: Path, checkpoint: str, arguments: dict) -> str | None:
     """Why a launch must not resume from `checkpoint`, or `None` when it continues the same, unfinished run."""
-    saved_file = output_dir / RUN_FILE
-    record = json.loads(saved_file.read_text("utf-8")) if saved_file.is_file() else None
-    if record is not None:
+    record = _saved_run(output_dir)
+    if record:
         saved = record["arguments"]
         changed = [key for key in sorted(set(saved) | set(arguments)) if saved.get(key) != arguments.get(key)]
         if changed:

@@ -9,7 +9,7 @@ DEMO_DATA_DIR = "outputs/cgd-demo/data"
 
 
 def demo_recipe_path() -> Path:
-    """Path of the demo recipe shipped inside the package (`examples/recipes/tiny/cpu.yaml` links to it)."""
+    """Path of the demo's training recipe, shipped in the package (`tiny/cpu`; `examples/recipes/tiny` links to it)."""
     from ..commands.train import demo_recipe
 
     return Path(demo_recipe())
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     from ..commands import train
 
     recipe = ["--config", str(demo_recipe_path())]
-    _, training_args, _, _ = train.make_parser().parse_args_and_config(
+    _, training_args, *_ = train.make_parser().parse_args_and_config(
         args=[*recipe, *argv], fail_with_unknown_args=False
     )
     cgd_file = make_demo_data(str(Path(training_args.output_dir) / "data"))
