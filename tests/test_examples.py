@@ -492,3 +492,49 @@ def test_cgd_train_launches_through_accelerate_and_passes_its_exit_status_on(tmp
     assert "CGD training summary" in first.stdout and (tmp_path / "model.safetensors").exists()
     # The launched process refuses a finished run (here one without checkpoints): its status 2 reaches the caller.
     _refused(_train(*common), str(tmp_path), "holds a finished run", "--overwrite_output_dir")
+
+
+@pytest.mark.slow
+def test_fsdp2_config_on_cpu_trains_as_one_process_and_says_it_is_not_sharded(tmp_path):
+    # accelerate 1.15 turns FSDP on for GPUs only: with the shipped fsdp2.yaml on a CPU the two processes run data
+    # parallel. The run must still be right (same losses as one process with the same global batch) and say so.
+    common = ["--max_steps", "3", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--warmup_steps", "0"]
+    common += ["--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1"]
+    fsdp = tmp_path / "fsdp2"
+    log = _launch(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "examples/accelerate_configs/fsdp2.yaml",
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            "29541",
+            "examples/train.py",
+            *common,
+            "--per_device_train_batch_size",
+            "2",
+            "--output_dir",
+            str(fsdp),
+        ]
+    )
+    assert "asks for FSDP, but accelerate runs this job as MULTI_CPU with 2 process(es)" in log
+    single = tmp_path / "single"
+    _launch(
+        [
+            *_accelerate(),
+            "examples/train.py",
+            *common,
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(single),
+        ]
+    )
+    got, expected = _losses(fsdp / "checkpoint-3"), _losses(single / "checkpoint-3")
+    assert sorted(got) == [1, 2, 3]
+    assert [got[s] for s in (1, 2, 3)] == pytest.approx([expected[s] for s in (1, 2, 3)], rel=1e-5)

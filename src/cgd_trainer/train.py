@@ -108,6 +108,9 @@ def main(
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    warning = sharding_warning(str(trainer.accelerator.distributed_type), trainer.accelerator.num_processes)
+    if warning:
+        logger.warning(warning)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -121,6 +124,27 @@ def main(
     if hasattr(trainer, "end"):  # transformers >= 5.18 closes trackers and the process group here
         trainer.end()
     return trainer
+
+
+def sharding_warning(distributed_type: str, num_processes: int) -> str | None:
+    """
+    Says when an accelerate config asks for FSDP but accelerate runs the job otherwise. Accelerate (1.15) turns FSDP on
+    for GPU-like devices only: on CPUs it runs data parallel (`use_cpu: true`) or single processes, silently.
+
+    Args:
+        distributed_type: The accelerator's `distributed_type`.
+        num_processes: The number of processes.
+
+    Returns:
+        The warning to log, or `None`.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or distributed_type.endswith("FSDP"):
+        return None
+    return (
+        f"The accelerate config asks for FSDP, but accelerate runs this job as {distributed_type.split('.')[-1]} "
+        f"with {num_processes} process(es): accelerate shards with FSDP on GPUs only, so here every process holds the "
+        "whole model and optimizer state."
+    )
 
 
 # The file in `output_dir` that records what makes a run this run, and the arguments it holds: those that change the
