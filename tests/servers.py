@@ -69,19 +69,33 @@ def transformers_serve(model_dir: str, log_path: Path):
                 process.kill()
 
 
+def count_tokens(text: str) -> int:
+    """The scripted server's tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
 class ScriptedServer:
     """
-    A minimal OpenAI-compatible chat server on loopback that answers by script, for fault injection.
+    A minimal OpenAI-compatible server on loopback (`/v1/chat/completions`, `/v1/completions`, `/v1/models`) that
+    answers by script, for fault injection, and behaves like vLLM where it matters.
 
-    Each request's last user message is looked up in `faults`: a list of what to do on successive attempts (`400`,
-    `401`, `429`, `500`, `"timeout"`, `"garbage"`, `"empty"`); once the list is used up (or for unlisted messages) it
-    answers `200` with `reply(messages)`. Every request is recorded (`requests`, `auth_headers`) for tests to count.
+    Each request's last user message (or prompt) is looked up in `faults`: a list of what to do on successive attempts
+    (`400`, `401`, `429`, `500`, `"timeout"`, `"garbage"`, `"empty"`); once the list is used up (or for unlisted
+    messages) it answers `200` with `reply(messages)`, cut before the first of the request's `stop` strings as vLLM
+    does. Every request is recorded (`requests`, `bodies`, `auth_headers`) for tests to count and read.
+
+    With `context`, prompts are measured in words (`count_tokens`) and a request whose prompt plus `max_tokens`
+    exceeds the context gets vLLM's 400 and its error body; `/v1/models` reports the context as vLLM's
+    `max_model_len` unless `report_context=False`.
 
     Args:
         reply: Builds the answer text from the messages (default: echoes a digest of the last message).
         delay: Seconds to wait before answering a successful request (to keep requests in flight).
         timeout_sleep: Seconds a `"timeout"` answer stalls (longer than the client's timeout).
         retry_after: The `Retry-After` header of `429` answers.
+        context: The served model's context length in words, or `None` (no limit).
+        report_context: Whether `/v1/models` reports `max_model_len`.
+        model: The served model's name in `/v1/models`.
     """
 
     def __init__(
@@ -91,13 +105,20 @@ class ScriptedServer:
         timeout_sleep: float = 3.0,
         faults: dict | None = None,
         retry_after: str = "0",
+        context: int | None = None,
+        report_context: bool = True,
+        model: str = "teacher",
     ):
         self.reply = reply or (lambda messages: f"Answer to: {messages[-1]['content'][:60]}\nConclusion: right")
         self.delay = delay
         self.timeout_sleep = timeout_sleep
         self.retry_after = retry_after
         self.faults = {key: list(value) for key, value in (faults or {}).items()}
+        self.context = context
+        self.report_context = report_context
+        self.model = model
         self.requests: list[str] = []
+        self.bodies: list[dict] = []
         self.auth_headers: list[str] = []
         self.lock = threading.Lock()
         server = self
@@ -106,18 +127,29 @@ class ScriptedServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+                    return
+                entry = {"id": server.model, "object": "model", "created": 0, "owned_by": "scripted"}
+                if server.context is not None and server.report_context:
+                    entry["max_model_len"] = server.context
+                self._send(200, {"object": "list", "data": [entry]})
+
             def do_POST(self):
-                if self.path != "/v1/chat/completions":
+                if self.path not in ("/v1/chat/completions", "/v1/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
                 try:
                     body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 except (ValueError, OSError):  # the client died while sending (kill -9 test)
                     return
-                messages = body["messages"]
+                chat = self.path == "/v1/chat/completions"
+                messages = body["messages"] if chat else [{"role": "user", "content": body["prompt"]}]
                 key = messages[-1]["content"]
                 with server.lock:
                     server.requests.append(key)
+                    server.bodies.append(body)
                     server.auth_headers.append(self.headers.get("Authorization", ""))
                     plan = server.faults.get(key)
                     action = plan.pop(0) if plan else 200
@@ -134,21 +166,48 @@ class ScriptedServer:
                     empty = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
                     self._send(200, empty)
                     return
+                prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
+                if server.context is not None and self._over_context(prompt_tokens, body.get("max_tokens")):
+                    return
                 time.sleep(server.delay)
                 text = server.reply(messages)
+                for stop in body.get("stop") or []:
+                    text = text.split(stop)[0]
+                choice = (
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    if chat
+                    else {"index": 0, "finish_reason": "stop", "text": text}
+                )
                 self._send(
                     200,
                     {
                         "id": "x",
-                        "object": "chat.completion",
+                        "object": "chat.completion" if chat else "text_completion",
                         "created": 0,
                         "model": body.get("model", "m"),
-                        "choices": [
-                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                        ],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                        "choices": [choice],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": 15},
                     },
                 )
+
+            def _over_context(self, prompt_tokens: int, max_tokens: int | None) -> bool:
+                # vLLM's words and error body for a request that does not fit the context.
+                context = server.context
+                if prompt_tokens >= context:
+                    message = (
+                        f"This model's maximum context length is {context} tokens. However, your request has "
+                        f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
+                    )
+                elif max_tokens is not None and prompt_tokens + max_tokens > context:
+                    message = (
+                        f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum "
+                        f"context length is {context} tokens and your request has {prompt_tokens} input tokens "
+                        f"({max_tokens} > {context} - {prompt_tokens})."
+                    )
+                else:
+                    return False
+                self._send(400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}})
+                return True
 
             def _send(self, status, payload, raw: bytes | None = None):
                 data = raw if raw is not None else json.dumps(payload).encode()

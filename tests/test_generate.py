@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -439,6 +440,26 @@ def test_pipeline_recipes_parse(recipe):
     assert config.stages == ["probe", "critique", "refine"] and config.temperature == 0.0
     if config.vllm_kwargs is not None:
         assert isinstance(config.vllm_kwargs, dict)
+    # A student budget that its own context cannot hold (16k new tokens in an 8k context) is a recipe bug.
+    student_context = (config.vllm_kwargs or {}).get("max_model_len") or config.student_max_context
+    if student_context is not None:
+        assert config.sampling("probe").max_tokens < student_context
+    if config.max_records is not None and config.max_records > 1000:  # a sample of a large dataset, not its head
+        assert config.shuffle
+
+
+def test_one_probe_format_rule_for_qwen_math():
+    # The authors apply the chat template whenever the tokenizer has one; Qwen2.5-Math-7B's has one.
+    from cgd_trainer.commands.generate import make_parser
+
+    root = Path(__file__).parent.parent
+    for recipe in PIPELINE_RECIPES:
+        (config,) = make_parser().parse_args_and_config(args=["--config", str(recipe)])
+        if config.student_model and "Qwen2.5-Math" in config.student_model:
+            assert config.student_prompt_format in ("auto", "chat"), recipe.name
+    docs = (root / "docs" / "pipeline.md").read_text("utf-8")
+    assert "completion prompts because a\nbase model has no chat template" not in docs
+    assert "Qwen2.5-Math-7B is\nprobed with its chat template" in docs
 
 
 def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
@@ -489,7 +510,7 @@ def test_vllm_backend_needs_the_extra(monkeypatch):
         make_backend("vllm", "some/model")
 
 
-def test_vllm_backend_maps_requests_onto_llm_chat(monkeypatch):
+def test_vllm_backend_maps_requests_onto_llm_chat(monkeypatch, tiny_dirs):
     # A stand-in for the `vllm` module that records how it is called (vLLM itself cannot run on this CPU machine).
     import types
 
@@ -506,28 +527,59 @@ def test_vllm_backend_maps_requests_onto_llm_chat(monkeypatch):
         def chat(self, conversations, params, use_tqdm):
             calls.setdefault("chat", []).append((len(conversations), params))
             return [
-                types.SimpleNamespace(prompt_token_ids=[0, 0], outputs=[Output(f"reply {i}") for i in range(params.n)])
-                for _ in conversations
+                types.SimpleNamespace(prompt_token_ids=[0, 0], outputs=[Output(f"reply {i}") for i in range(p.n)])
+                for p in params
             ]
 
     fake = types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kwargs: types.SimpleNamespace(**kwargs))
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    model = tiny_dirs["chatml"]
     backend = make_backend(
-        "vllm", "org/model", prompt_format="chat", tensor_parallel_size=4, data_parallel_size=2, chunk_size=3,
-        llm_kwargs={"max_model_len": 8192},
-    )  # fmt: skip
+        "vllm", model, prompt_format="chat", tensor_parallel_size=4, chunk_size=3, llm_kwargs={"max_model_len": 8192}
+    )
     assert "init" not in calls  # the engine starts on first use only (a fully cached rerun never starts it)
     requests = [
         Request(str(i), messages=[{"role": "user", "content": f"q{i}"}], sampling=Sampling(max_tokens=64, n=2))
         for i in range(5)
     ]
     replies = list(backend.generate(requests))
-    assert calls["init"] == ("org/model", {"max_model_len": 8192, "tensor_parallel_size": 4, "data_parallel_size": 2})
+    assert calls["init"] == (model, {"max_model_len": 8192, "tensor_parallel_size": 4})
     assert [r.request.id for r in replies] == ["0", "1", "2", "3", "4"]
     assert replies[0].texts == ["reply 0", "reply 1"] and replies[0].completion_tokens == 4
     assert [n for n, _ in calls["chat"]] == [3, 2]  # chunks of chunk_size, so results reach the disk as they finish
-    params = calls["chat"][0][1]
+    params = calls["chat"][0][1][0]  # one SamplingParams per request
     assert (params.n, params.temperature, params.top_p, params.max_tokens) == (2, 0.0, 1.0, 64)
+    # The default stops: the chat template's end of turn and the eos ids, sent as vLLM's stop_token_ids.
+    im_end = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert params.stop_token_ids[0] == im_end and params.stop == []
+    # A prompt that alone overflows max_model_len fails without reaching the engine; a long one gets a smaller budget.
+    small = make_backend("vllm", model, prompt_format="chat", llm_kwargs={"max_model_len": 40})
+    long_question = " ".join(["seven"] * 60)
+    near = " ".join(["seven"] * 20)
+    replies = {
+        r.request.id: r
+        for r in small.generate(
+            [
+                Request(
+                    "long", messages=[{"role": "user", "content": long_question}], sampling=Sampling(max_tokens=64)
+                ),
+                Request("near", messages=[{"role": "user", "content": near}], sampling=Sampling(max_tokens=64)),
+            ]
+        )
+    }
+    assert "does not fit the model's context (40 tokens)" in replies["long"].error
+    near_tokens = small._prompt_tokens(replies["near"].request)
+    assert replies["near"].ok and calls["chat"][-1][1][0].max_tokens == 40 - near_tokens == replies["near"].max_tokens
+
+
+def test_vllm_data_parallel_is_refused_with_the_supported_ways(monkeypatch, tiny_dirs):
+    import types
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=None, SamplingParams=None))
+    with pytest.raises(ValueError, match=r"--shard i/N.*vllm serve --data-parallel-size"):
+        make_backend("vllm", tiny_dirs["chatml"], llm_kwargs={"data_parallel_size": 2})
+    # Not a setting any more (the strict parser refuses it as an unknown key).
+    assert "data_parallel_size" not in {f.name for f in dataclasses.fields(GenerateConfig)}
 
 
 def test_vllm_auto_format_follows_the_chat_template(monkeypatch, tiny_dirs):

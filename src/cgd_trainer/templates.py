@@ -193,6 +193,19 @@ REFINE_SYSTEM = (
 )
 REFINE_TEMPLATE = "### Question\n{question}\n\n### Student's answer\n{initial_response}\n\n### Critique\n{critique}"
 
+
+def completion_stops(template: str) -> tuple[str, ...]:
+    """
+    Default stop strings of a completion prompt: a new line that starts the way the template starts (`\nQuestion:`
+    for `Question: {question}\n\nAnswer:`), which is how a base model begins the next question after its answer.
+
+    Returns:
+        `tuple[str, ...]`: One stop string, or none when the template starts with a placeholder.
+    """
+    head = _PLACEHOLDER_RE.split(template, maxsplit=1)[0].strip()
+    return (f"\n{head}",) if head else ()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Evaluation (`cgd eval`).
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 PROMPT_FORMATS = ("auto", "chat", "completion")
@@ -25,6 +25,11 @@ class Sampling:
         max_tokens (`int`, defaults to 16384): Largest number of new tokens.
         n (`int`, defaults to 1): Number of outputs for the request (pass@k sampling).
         seed (`int` or `None`): Sampling seed, when the backend supports one.
+        stop (`tuple[str]` or `None`): Strings that end the output (not included in it). `None`: the backend's
+            defaults (none); `()`: none.
+        stop_token_ids (`tuple[int]` or `None`): Token ids that end the output (not included in it). `None`: the
+            backend's defaults (a local model's end-of-turn and eos tokens; a server's own); `()`: none beyond the
+            model's own eos.
     """
 
     temperature: float = 0.0
@@ -32,9 +37,27 @@ class Sampling:
     max_tokens: int = 16384
     n: int = 1
     seed: int | None = None
+    stop: tuple[str, ...] | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Lists from configs become tuples: a `Sampling` is hashable (backends group requests by it).
+        for name in ("stop", "stop_token_ids"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.max_tokens < 1:
+            raise ValueError(f"`max_tokens` must be at least 1, got {self.max_tokens}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Unset stops are left out, so that the request keys of runs without stops stay what they were.
+        values = asdict(self)
+        for name in ("stop", "stop_token_ids"):
+            if values[name] is None:
+                del values[name]
+            else:  # lists, as they read back from JSON
+                values[name] = list(values[name])
+        return values
 
 
 @dataclass
@@ -72,6 +95,8 @@ class Reply:
         error (`str` or `None`): Why the request failed (after retries), else `None`.
         attempts (`int`): Number of times the request was sent.
         prompt_tokens (`int`), completion_tokens (`int`): Token usage, when the backend reports it.
+        max_tokens (`int` or `None`): The budget the request was sent with when it was shrunk to fit the model's
+            context (else `None`: the request's own `max_tokens`).
     """
 
     request: Request
@@ -80,6 +105,7 @@ class Reply:
     attempts: int = 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    max_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,10 +134,63 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Provenance of the backend: what produced the texts (never credentials)."""
-        return {"backend": self.name, "model": self.model, "prompt_format": "chat" if self.uses_chat else "completion"}
+        described = {
+            "backend": self.name,
+            "model": self.model,
+            "prompt_format": "chat" if self.uses_chat else "completion",
+        }
+        if self.fingerprint is not None:
+            described["fingerprint"] = self.fingerprint
+        return described
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A hash of the model's local files (weights, config, tokenizer), or `None` for a model known by name only."""
+        return None
+
+    def default_stops(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The stop strings and stop token ids a request gets when its [`Sampling`] leaves them unset."""
+        return (), ()
+
+    def resolve(self, sampling: Sampling) -> Sampling:
+        """
+        The decoding settings as this backend sends them: unset stops replaced by the backend's defaults. Request keys
+        and provenance hash the resolved settings, so a change of the defaults (a new tokenizer) regenerates.
+        """
+        if sampling.stop is not None and sampling.stop_token_ids is not None:
+            return sampling
+        stop, ids = self.default_stops()
+        return replace(
+            sampling,
+            stop=stop if sampling.stop is None else sampling.stop,
+            stop_token_ids=ids if sampling.stop_token_ids is None else sampling.stop_token_ids,
+        )
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Releases what the backend holds (models, connections)."""
+
+
+def fit_budget(max_tokens: int, prompt_tokens: int, context: int | None) -> tuple[int, str | None]:
+    """
+    The largest budget up to `max_tokens` with which a prompt of `prompt_tokens` tokens fits a context of `context`.
+
+    Returns:
+        `tuple[int, str | None]`: The budget, and an error when the prompt alone leaves no room for one new token.
+    """
+    if context is None or prompt_tokens + max_tokens <= context:
+        return max_tokens, None
+    if prompt_tokens >= context:
+        return 0, (
+            f"the prompt alone ({prompt_tokens} tokens) does not fit the model's context ({context} tokens); shorten "
+            "the input or use a model with a longer context"
+        )
+    return context - prompt_tokens, None
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """The text up to the first stop string (servers leave the stop string out; so do the local backends)."""
+    cut = min((index for index in (text.find(s) for s in stop or ()) if index >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def render_completion(messages: list[dict[str, str]]) -> str:

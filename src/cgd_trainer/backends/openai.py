@@ -10,11 +10,12 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import Backend, Reply, Request, render_completion
+from .base import Backend, Reply, Request, fit_budget, render_completion
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,39 @@ class MalformedReply(Exception):
     """The server answered, but not with a usable completion."""
 
 
+# vLLM's (and the OpenAI API's) words when prompt plus `max_tokens` exceed the context, in their known forms:
+#   "'max_tokens' or 'max_completion_tokens' is too large: 16384. This model's maximum context length is 32768 tokens
+#    and your request has 20000 input tokens (16384 > 32768 - 20000)."
+#   "This model's maximum context length is 32768 tokens. However, you requested 36384 tokens (20000 in the messages,
+#    16384 in the completion). Please reduce the length of the messages or completion."
+#   "This model's maximum context length is 8192 tokens. However, your request has 9000 input tokens. ..."
+_CONTEXT_RE = re.compile(r"maximum context length is (\d+) tokens")
+_INPUT_RES = (
+    re.compile(r"request has (\d+) input tokens"),
+    re.compile(r"\((\d+) in the messages"),
+    re.compile(r"(\d+) input tokens"),
+)
+
+
+def context_error(error: BaseException) -> tuple[int, int | None] | None:
+    """`(context, input tokens)` from a server's 400 "maximum context length" error, else `None`."""
+    import openai
+
+    if not isinstance(error, openai.BadRequestError):
+        return None
+    body = getattr(error, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    text = f"{message or ''} {error}"
+    match = _CONTEXT_RE.search(text)
+    if match is None:
+        return None
+    for pattern in _INPUT_RES:
+        found = pattern.search(text)
+        if found:
+            return int(match.group(1)), int(found.group(1))
+    return int(match.group(1)), None
+
+
 class OpenAIBackend(Backend):
     """
     Any OpenAI-compatible endpoint, through `openai.AsyncOpenAI`.
@@ -44,6 +78,14 @@ class OpenAIBackend(Backend):
     with full jitter (and at least the server's `Retry-After`, up to 10 minutes); other errors (400, 401, 404) fail at
     once. With `n > 1`, the `n` samples are sent as `n` requests (with seeds `seed, seed + 1, ...`), which every
     server supports.
+
+    Stops: `stop` strings go out as the API's `stop`; `stop_token_ids` (a vLLM/SGLang extension) go out in the
+    request body only when set. The server applies its own model's end-of-turn and eos, so the default stops are none.
+
+    Context: a request whose prompt plus `max_tokens` exceeds the model's context is refused by the server with a 400
+    that names the context and the prompt's length; it is sent again at once with the budget that fits, and fails only
+    when the prompt alone does not fit. The context is also read from vLLM's `/v1/models` (`max_model_len`), or set
+    with `max_context`; the budget never exceeds it.
 
     The API key is read from the environment variable `api_key_env` and lives only in the client object: it is never
     logged or written, and it is masked in error messages.
@@ -60,6 +102,7 @@ class OpenAIBackend(Backend):
         backoff_base (`float`), backoff_max (`float`): The n-th retry waits a random time in
             `[0, min(backoff_max, backoff_base * 2**n)]`.
         extra_body (`dict` or `None`): Extra JSON fields for every request (e.g. `chat_template_kwargs`).
+        max_context (`int` or `None`): The served model's context length, when the server does not report it.
     """
 
     name = "openai"
@@ -76,6 +119,7 @@ class OpenAIBackend(Backend):
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         extra_body: dict[str, Any] | None = None,
+        max_context: int | None = None,
     ) -> None:
         super().__init__(model, prompt_format)
         if concurrency < 1:
@@ -89,6 +133,8 @@ class OpenAIBackend(Backend):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.extra_body = extra_body or None
+        self.max_context = max_context
+        self._context_checked = max_context is not None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url}
@@ -104,16 +150,37 @@ class OpenAIBackend(Backend):
             api_key=self._api_key or "not-needed", base_url=self.base_url, max_retries=0, timeout=self.timeout
         )
 
-    async def _send(self, client, request: Request, seed: int | None) -> tuple[str, int, int]:
+    async def _server_context(self, client) -> None:
+        """Reads the model's context length from `/v1/models` once (vLLM reports `max_model_len`; others nothing)."""
+        if self._context_checked:
+            return
+        self._context_checked = True
+        try:
+            models = await client.models.list()
+        except Exception as error:  # noqa: BLE001 - optional metadata: a server without it is fine
+            logger.debug("No model list from %s (%s)", self.base_url, self._mask(str(error)))
+            return
+        for entry in getattr(models, "data", None) or []:
+            length = (getattr(entry, "model_extra", None) or {}).get("max_model_len")
+            if getattr(entry, "id", None) == self.model and isinstance(length, int) and length > 0:
+                self.max_context = length
+                logger.info("%s: context length %d (from the server's model list)", self.model, length)
+
+    async def _send(self, client, request: Request, seed: int | None, max_tokens: int) -> tuple[str, int, int]:
         sampling = request.sampling
-        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": sampling.max_tokens}
+        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
         kwargs["temperature"] = sampling.temperature
         if sampling.temperature > 0 and sampling.top_p < 1:
             kwargs["top_p"] = sampling.top_p
         if seed is not None:
             kwargs["seed"] = seed
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        if sampling.stop:
+            kwargs["stop"] = list(sampling.stop)
+        extra = dict(self.extra_body or {})
+        if sampling.stop_token_ids:
+            extra["stop_token_ids"] = list(sampling.stop_token_ids)
+        if extra:
+            kwargs["extra_body"] = extra
         if self.uses_chat and request.messages is not None:
             response = await client.chat.completions.create(messages=request.messages, **kwargs)
             choices = getattr(response, "choices", None)
@@ -132,13 +199,35 @@ class OpenAIBackend(Backend):
         reply = Reply(request, attempts=0)
         base_seed = request.sampling.seed
         seeds = [None if base_seed is None else base_seed + i for i in range(request.sampling.n)]
+        budget = request.sampling.max_tokens
+        if self.max_context is not None:
+            budget = min(budget, self.max_context - 1)
         for seed in seeds:
-            for attempt in range(self.max_retries + 1):
+            attempt = 0
+            while attempt <= self.max_retries:
                 reply.attempts += 1
                 try:
-                    text, prompt_tokens, completion_tokens = await self._send(client, request, seed)
+                    text, prompt_tokens, completion_tokens = await self._send(client, request, seed, budget)
                 except Exception as error:  # noqa: BLE001 - every failure is either retried or recorded
                     message = self._mask(f"{type(error).__name__}: {error}")
+                    limits = context_error(error)
+                    if limits is not None:
+                        context, prompt_tokens = limits
+                        fitted, problem = (
+                            fit_budget(budget, prompt_tokens, context) if prompt_tokens is not None else (0, None)
+                        )
+                        if prompt_tokens is None:
+                            problem = f"the request does not fit the model's context ({context} tokens): {message}"
+                        if problem is not None:
+                            return Reply(
+                                request, error=problem, attempts=reply.attempts, prompt_tokens=prompt_tokens or 0
+                            )
+                        if fitted < budget:  # sent again at once with the budget that fits; not a retry
+                            logger.debug(
+                                "Request %s: budget %d -> %d to fit %d tokens", request.id, budget, fitted, context
+                            )
+                            budget = fitted
+                            continue
                     if attempt == self.max_retries or not _retryable(error):
                         return Reply(request, error=message, attempts=reply.attempts)
                     delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
@@ -147,12 +236,15 @@ class OpenAIBackend(Backend):
                         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
                     logger.debug("Request %s failed (%s); retrying in %.2fs", request.id, message, delay)
                     await asyncio.sleep(delay)
+                    attempt += 1
                     continue
                 # A server may cut a reply inside a surrogate pair; such text cannot be written as UTF-8.
                 reply.texts.append(text.encode("utf-8", "replace").decode("utf-8"))
                 reply.prompt_tokens += prompt_tokens
                 reply.completion_tokens += completion_tokens
                 break
+        if budget != request.sampling.max_tokens:
+            reply.max_tokens = budget
         return reply
 
     async def _run(self, requests: Sequence[Request], results: queue.Queue) -> None:
@@ -165,6 +257,7 @@ class OpenAIBackend(Backend):
                 results.put(await self._one(client, todo.popleft()))
 
         try:
+            await self._server_context(client)
             await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)))))
         finally:
             await client.close()

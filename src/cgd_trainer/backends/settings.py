@@ -30,6 +30,7 @@ BACKEND_SETTINGS: dict[str, dict[str, str]] = {
         "dtype": "dtype",
         "device": "device",
         "trust_remote_code": "trust_remote_code",
+        "max_context": "max_context",
     },
     "openai": {
         "prompt_format": "prompt_format",
@@ -41,11 +42,11 @@ BACKEND_SETTINGS: dict[str, dict[str, str]] = {
         "backoff_base": "backoff_base",
         "backoff_max": "backoff_max",
         "extra_body": "extra_body",
+        "max_context": "max_context",
     },
     "vllm": {
         "prompt_format": "prompt_format",
         "tensor_parallel_size": "tensor_parallel_size",
-        "data_parallel_size": "data_parallel_size",
         **{name: "llm_kwargs" for name in _VLLM_ENGINE},
     },
     "demo": {"prompt_format": "prompt_format"},
@@ -85,7 +86,6 @@ class BackendSettings:
         metadata={"help": '`openai` backend: extra JSON fields for every request, e.g. `{"top_k": 20}`.'},
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "`vllm` backend: tensor-parallel GPUs."})
-    data_parallel_size: int = field(default=1, metadata={"help": "`vllm` backend: data-parallel replicas."})
     max_model_len: int | None = field(default=None, metadata={"help": "`vllm` backend: context length."})
     gpu_memory_utilization: float | None = field(
         default=None, metadata={"help": "`vllm` backend: fraction of GPU memory for the engine."}
@@ -97,7 +97,7 @@ class BackendSettings:
     def __post_init__(self) -> None:
         self.extra_body = _json_object(self.extra_body, "extra_body")
         self.vllm_kwargs = _json_object(self.vllm_kwargs, "vllm_kwargs")
-        for name in ("batch_size", "concurrency", "tensor_parallel_size", "data_parallel_size"):
+        for name in ("batch_size", "concurrency", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
         if self.max_retries < 0 or self.request_timeout <= 0:
@@ -136,8 +136,6 @@ class BackendSettings:
         llm_kwargs: dict[str, Any] = dict(engine_defaults or {})
         for setting, keyword in BACKEND_SETTINGS[kind].items():
             value = values.get(setting)
-            if setting == "data_parallel_size" and value == 1:
-                continue  # no data parallelism: vLLM's own default, not passed
             if keyword != "llm_kwargs":
                 options[keyword] = value
             elif setting == "vllm_kwargs":

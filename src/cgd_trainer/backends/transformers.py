@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import Backend, Reply, Request, render_completion
+from .base import Backend, Reply, Request, cut_at_stop, fit_budget, render_completion
+from .local import load_generation_config, model_context_length, model_fingerprint, model_stop_token_ids
 
 
 class TransformersBackend(Backend):
     """
     In-process generation with a local `transformers` model: length-sorted batches, left padding, greedy or sampled
     decoding, `n` outputs per request.
+
+    Generation stops at the request's stop token ids (by default the chat template's end-of-turn token, the
+    tokenizer's eos and the `generation_config` eos ids) and stop strings, which are left out of the text. A request
+    whose prompt plus `max_tokens` exceeds the model's context is generated with the budget that fits; one whose
+    prompt alone does not fit fails with an error that says so.
 
     Args:
         model (`str`): Hub id or local folder (a training checkpoint works).
@@ -20,6 +26,9 @@ class TransformersBackend(Backend):
         batch_size (`int`): Requests generated together.
         dtype (`str`): `auto`, `bfloat16`, `float16` or `float32`.
         device (`str` or `None`): Where to run; defaults to CUDA when available.
+        trust_remote_code (`bool`): Allow the model's own code.
+        max_context (`int` or `None`): Context length (prompt plus answer); default: the model config's
+            `max_position_embeddings`.
     """
 
     name = "transformers"
@@ -32,6 +41,7 @@ class TransformersBackend(Backend):
         dtype: str = "auto",
         device: str | None = None,
         trust_remote_code: bool = False,
+        max_context: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer
@@ -50,6 +60,17 @@ class TransformersBackend(Backend):
         if prompt_format == "chat" and not has_template:
             raise ValueError(f"`prompt_format='chat'` but the tokenizer of {model} has no chat template.")
         self._chat = has_template and prompt_format != "completion"
+        self._trust_remote_code = trust_remote_code
+        self.max_context = max_context or model_context_length(model, trust_remote_code)
+        self._fingerprint = model_fingerprint(model)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self._fingerprint
+
+    def default_stops(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        generation_config = load_generation_config(self.model, self._trust_remote_code)
+        return (), model_stop_token_ids(self.tokenizer, generation_config, chat=self._chat)
 
     @property
     def uses_chat(self) -> bool:
@@ -75,26 +96,39 @@ class TransformersBackend(Backend):
     def generate(self, requests: Sequence[Request]) -> Iterator[Reply]:
         import torch
 
-        prepared = [(request, *self._text(request)) for request in requests]
-        lengths = [len(self.tokenizer(text, add_special_tokens=special)["input_ids"]) for _, text, special in prepared]
+        prepared = []
+        for request in requests:
+            text, special = self._text(request)
+            sampling = self.resolve(request.sampling)
+            length = len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+            budget, error = fit_budget(sampling.max_tokens, length, self.max_context)
+            if error is not None:
+                yield Reply(request, error=error, prompt_tokens=length)
+                continue
+            prepared.append((request, text, special, sampling, budget, length))
         # Similar lengths together: less padding, and the longest batch first so memory errors show up at once.
-        order = sorted(range(len(prepared)), key=lambda i: -lengths[i])
-        # Requests in one batch must share their decoding settings.
-        groups: dict[tuple, list[int]] = {}
-        for i in order:
-            request = prepared[i][0]
-            groups.setdefault((request.sampling, prepared[i][2]), []).append(i)
-        for (sampling, special), indices in groups.items():
-            for start in range(0, len(indices), self.batch_size):
-                batch = [prepared[i] for i in indices[start : start + self.batch_size]]
+        prepared.sort(key=lambda entry: -entry[5])
+        # Requests in one batch must share their decoding settings (and budget: only prompts near the context's end
+        # get a smaller one).
+        groups: dict[tuple, list[tuple]] = {}
+        for entry in prepared:
+            groups.setdefault((entry[3], entry[2], entry[4]), []).append(entry)
+        for (sampling, special, budget), entries in groups.items():
+            stop_ids = set(sampling.stop_token_ids or ())
+            for start in range(0, len(entries), self.batch_size):
+                batch = entries[start : start + self.batch_size]
                 encoded = self.tokenizer(
-                    [text for _, text, _ in batch], return_tensors="pt", padding=True, add_special_tokens=special
+                    [entry[1] for entry in batch], return_tensors="pt", padding=True, add_special_tokens=special
                 ).to(self.device)
                 kwargs: dict[str, Any] = {
-                    "max_new_tokens": sampling.max_tokens,
+                    "max_new_tokens": budget,
                     "num_return_sequences": sampling.n,
                     "pad_token_id": self.tokenizer.pad_token_id,
                 }
+                if sampling.stop_token_ids:
+                    kwargs["eos_token_id"] = list(sampling.stop_token_ids)
+                if sampling.stop:
+                    kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
                 if sampling.temperature > 0:
                     kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
                     if sampling.seed is not None:
@@ -105,19 +139,26 @@ class TransformersBackend(Backend):
                     with torch.no_grad():
                         output = self.model_obj.generate(**encoded, **kwargs)
                 except Exception as error:  # e.g. out of memory: report every request of the batch as failed
-                    for request, _, _ in batch:
-                        yield Reply(request, error=f"{type(error).__name__}: {error}")
+                    for entry in batch:
+                        yield Reply(entry[0], error=f"{type(error).__name__}: {error}")
                     continue
-                new = output[:, encoded["input_ids"].shape[1] :]
-                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                new = output[:, encoded["input_ids"].shape[1] :].tolist()
                 pad = self.tokenizer.pad_token_id
-                for j, (request, _, _) in enumerate(batch):
-                    rows = range(j * sampling.n, (j + 1) * sampling.n)
+                rows = []
+                for tokens in new:
+                    # The answer ends before its first stop token; what follows is padding.
+                    end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+                    kept = tokens[:end] if end is not None else [t for t in tokens if t != pad]
+                    rows.append((kept, len(kept) + (end is not None)))
+                texts = self.tokenizer.batch_decode([kept for kept, _ in rows], skip_special_tokens=True)
+                for j, entry in enumerate(batch):
+                    own = range(j * sampling.n, (j + 1) * sampling.n)
                     yield Reply(
-                        request,
-                        texts=[texts[r] for r in rows],
+                        entry[0],
+                        texts=[cut_at_stop(texts[r], sampling.stop) for r in own],
                         prompt_tokens=int(encoded["attention_mask"][j].sum()),
-                        completion_tokens=int(sum((new[r] != pad).sum() for r in rows)),
+                        completion_tokens=sum(rows[r][1] for r in own),
+                        max_tokens=budget if budget != sampling.max_tokens else None,
                     )
 
     def close(self) -> None:

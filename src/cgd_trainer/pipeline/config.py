@@ -50,7 +50,31 @@ class GenerateConfig(BackendSettings):
     critique_field: str | None = field(
         default=None, metadata={"help": "Column with existing critiques; those records skip the critique stage."}
     )
-    max_records: int | None = field(default=None, metadata={"help": "Use only the first N questions."})
+    max_records: int | None = field(
+        default=None, metadata={"help": "Use only N questions: the first N, or N drawn at random with `shuffle`."}
+    )
+    shuffle: bool = field(
+        default=False, metadata={"help": "Shuffle the questions (seeded by `data_seed`) before taking `max_records`."}
+    )
+    data_seed: int = field(default=0, metadata={"help": "Seed of `shuffle`."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the dataset as a stream (no full download first); `shuffle` then uses a buffer."},
+    )
+    shuffle_buffer: int = field(
+        default=10000, metadata={"help": "With `streaming` and `shuffle`: rows in the shuffle buffer."}
+    )
+    shard: str | None = field(
+        default=None,
+        metadata={"help": "`i/n`: run only the i-th of n shards of the questions (0-based), e.g. one per machine."},
+    )
+    merge: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Output folders of shard runs: merge their stage files into `output_dir` and write the records "
+            "of the whole input (no generation)."
+        },
+    )
     output_dir: str = field(default="cgd-data", metadata={"help": "Where stage files, failures and records go."})
     stages: list[str] = field(
         default_factory=lambda: list(STAGES), metadata={"help": "Stages to run, in order: probe, critique, refine."}
@@ -73,10 +97,61 @@ class GenerateConfig(BackendSettings):
         default="OPENAI_API_KEY", metadata={"help": "Environment variable with the teacher endpoint's API key."}
     )
     teacher_prompt_format: str = field(default="auto", metadata={"help": f"{PROMPT_FORMATS} for the teacher."})
+    student_max_context: int | None = field(
+        default=None,
+        metadata={
+            "help": "The student's context length (prompt + answer). Default: the model config's, or the server's "
+            "(vLLM's `/v1/models`, or its 400 reply)."
+        },
+    )
+    teacher_max_context: int | None = field(
+        default=None, metadata={"help": "The teacher's context length; defaults as for `student_max_context`."}
+    )
 
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy, the paper's setting for every stage."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (sampling only)."})
-    max_new_tokens: int = field(default=16384, metadata={"help": "Largest answer length (the paper: 16k)."})
+    max_new_tokens: int = field(
+        default=16384,
+        metadata={
+            "help": "Largest answer length of every stage (the paper: 16k); shrunk to fit the model's context when "
+            "the prompt is long."
+        },
+    )
+    probe_max_new_tokens: int | None = field(default=None, metadata={"help": "Probe stage: overrides max_new_tokens."})
+    critique_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Critique stage: overrides max_new_tokens."}
+    )
+    refine_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Refine stage: overrides max_new_tokens."}
+    )
+    probe_stop: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Probe stage: strings that end the answer. Default: none for chat prompts; for completion prompts "
+            "a new line starting like the template (`\\nQuestion:`). `[]`: none."
+        },
+    )
+    critique_stop: list[str] | None = field(
+        default=None,
+        metadata={"help": "Critique stage: stop strings. Default: none (chat); `\\n### Question` (completion)."},
+    )
+    refine_stop: list[str] | None = field(
+        default=None,
+        metadata={"help": "Refine stage: stop strings. Default: none (chat); `\\n### Question` (completion)."},
+    )
+    probe_stop_token_ids: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Probe stage: token ids that end the answer. Default (local backends): the chat template's "
+            "end-of-turn token, the tokenizer's eos and generation_config's eos ids; servers: their own."
+        },
+    )
+    critique_stop_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Critique stage: stop token ids (defaults as for the probe stage)."}
+    )
+    refine_stop_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Refine stage: stop token ids (defaults as for the probe stage)."}
+    )
     seed: int | None = field(default=None, metadata={"help": "Sampling seed, where the backend supports one."})
 
     probe_system_prompt: str | None = field(
@@ -119,11 +194,36 @@ class GenerateConfig(BackendSettings):
             ("refine", "refine_template"),
         ):
             check_template(getattr(self, name), name, required=STAGE_FIELDS[stage])
-        if self.max_new_tokens < 1:
-            raise ValueError(f"`max_new_tokens` must be at least 1, got {self.max_new_tokens}.")
+        for name in ("max_new_tokens", *(f"{stage}_max_new_tokens" for stage in STAGES)):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        for role in ("student", "teacher"):
+            value = getattr(self, f"{role}_max_context")
+            if value is not None and value < 2:
+                raise ValueError(f"`{role}_max_context` must be at least 2, got {value}.")
+            if value is not None and getattr(self, f"{role}_backend") == "vllm":
+                raise ValueError(f"`{role}_max_context`: the vllm backend takes its context from `max_model_len`.")
+        self.shard_index, self.shard_count = parse_shard(self.shard)
+        if self.merge is not None:
+            self.merge = [self.merge] if isinstance(self.merge, str) else list(self.merge)
+            if self.shard is not None or not self.merge:
+                raise ValueError("`merge` takes the output folders of the shard runs, and no `shard`.")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"`shuffle_buffer` must be at least 1, got {self.shuffle_buffer}.")
 
-    def sampling(self) -> Sampling:
-        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=self.seed)
+    def sampling(self, stage: str) -> Sampling:
+        """The decoding settings of one stage as configured (unset stops: the backend's and the prompt's defaults)."""
+        budget = getattr(self, f"{stage}_max_new_tokens") or self.max_new_tokens
+        stop = getattr(self, f"{stage}_stop")
+        ids = getattr(self, f"{stage}_stop_token_ids")
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=budget,
+            seed=self.seed,
+            stop=None if stop is None else tuple(stop),
+            stop_token_ids=None if ids is None else tuple(ids),
+        )
 
     def template_ids(self) -> dict[str, str]:
         return {
@@ -139,4 +239,19 @@ class GenerateConfig(BackendSettings):
             base_url=getattr(self, f"{role}_base_url"),
             api_key_env=getattr(self, f"{role}_api_key_env"),
             prompt_format=getattr(self, f"{role}_prompt_format"),
+            max_context=getattr(self, f"{role}_max_context"),
         )
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """`"i/n"` -> `(i, n)`, checked; `None` -> `(0, 1)`."""
+    if shard is None:
+        return 0, 1
+    index, _, count = str(shard).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"`shard` must be `i/n` with 0 <= i < n (e.g. `0/4`), got {shard!r}.")
+    return i, n

@@ -19,13 +19,14 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backends import Backend, Request, make_backend
+from ..backends import Backend, Request, Sampling, make_backend
 from ..records import parse_verdict, strip_thinking
-from ..sources import load_source, write_jsonl
-from ..templates import STAGE_FIELDS, STAGES, fill
+from ..sources import load_source, read_jsonl, write_jsonl
+from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
 from .config import GenerateConfig
 from .store import StageStore, inputs_hash, request_key
 
@@ -37,9 +38,15 @@ SUMMARY_FILE = "summary.json"
 STAGE_OUTPUT = {"probe": "initial_response", "critique": "critique", "refine": "refined_response"}
 
 
-def load_items(config: GenerateConfig) -> tuple[list[dict], Counter]:
+def load_items(config: GenerateConfig, whole: bool = False) -> tuple[list[dict], Counter]:
     """
-    Reads the questions (and optional references, ids, existing answers and critiques) in input order.
+    Reads the questions (and optional references, ids, existing answers and critiques) in input order: shuffled with
+    `data_seed` when `shuffle` is set, cut to `max_records`, and, with `shard: i/n`, only every n-th from the i-th
+    (ids are given over the whole input first, so a shard's ids are those of the unsharded run).
+
+    Args:
+        config ([`GenerateConfig`]): The settings.
+        whole (`bool`): Ignore `shard` (the merge step reads the whole input).
 
     Returns:
         `tuple[list[dict], Counter]`: Items with `id`, `question` and the optional fields, and counts of dropped rows.
@@ -47,12 +54,27 @@ def load_items(config: GenerateConfig) -> tuple[list[dict], Counter]:
     Raises:
         `ValueError`: when a configured column is missing, or two rows share an id.
     """
-    splits = load_source(config.dataset_name, config.dataset_config)
+    splits = load_source(config.dataset_name, config.dataset_config, streaming=config.streaming)
     if config.dataset_split not in splits:
         raise ValueError(f"{config.dataset_name} has no split {config.dataset_split!r}; it has {list(splits)}.")
     data = splits[config.dataset_split]
+    if config.shuffle:
+        # A stream is shuffled through a buffer (its order differs from the shuffle of the downloaded dataset).
+        data = (
+            data.shuffle(seed=config.data_seed, buffer_size=config.shuffle_buffer)
+            if config.streaming
+            else data.shuffle(seed=config.data_seed)
+        )
     if config.max_records is not None:
-        data = data.select(range(min(config.max_records, len(data))))
+        data = (
+            data.take(config.max_records)
+            if config.streaming
+            else data.select(range(min(config.max_records, len(data))))
+        )
+    column_names = data.column_names
+    if column_names is None:  # a stream whose columns are only known from its rows
+        first = next(iter(data), None)
+        column_names = list(first) if first is not None else []
     settings = {
         "question": "question_field",
         "reference_answer": "reference_field",
@@ -62,14 +84,14 @@ def load_items(config: GenerateConfig) -> tuple[list[dict], Counter]:
     }
     columns = {role: getattr(config, setting) for role, setting in settings.items()}
     for role, column in columns.items():
-        if column is not None and column not in data.column_names:
+        if column is not None and column not in column_names:
             raise ValueError(
                 f"{config.dataset_name}: no column {column!r} for the {role.replace('_', ' ')} (set "
-                f"`{settings[role]}`); the columns are {data.column_names}."
+                f"`{settings[role]}`); the columns are {column_names}."
             )
     items, seen, dropped = [], Counter(), Counter()
     for index, row in enumerate(data):
-        question = row[config.question_field]
+        question = row.get(config.question_field)
         if not isinstance(question, str) or not question.strip():
             dropped["empty or non-text question"] += 1
             logger.warning(
@@ -91,11 +113,14 @@ def load_items(config: GenerateConfig) -> tuple[list[dict], Counter]:
         item = {"id": record_id, "question": question}
         for role in ("reference_answer", "initial_response", "critique"):
             column = columns[role]
-            if column is not None and isinstance(row[column], str) and row[column].strip():
-                item[role] = row[column] if role != "reference_answer" else row[column].strip()
-            elif column is not None and role == "reference_answer" and row[column] is not None:
-                item[role] = str(row[column])
+            value = row.get(column) if column is not None else None
+            if isinstance(value, str) and value.strip():
+                item[role] = value if role != "reference_answer" else value.strip()
+            elif role == "reference_answer" and value is not None:
+                item[role] = str(value)
         items.append(item)
+    if config.shard_count > 1 and not whole:
+        items = items[config.shard_index :: config.shard_count]
     return items, dropped
 
 
@@ -113,8 +138,9 @@ class Pipeline:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self._backends = {"student": student, "teacher": teacher}
-        # Request key of every record, per stage run in this invocation.
+        # Request key of every record, per stage run in this invocation, and the stage's decoding settings.
         self._keys: dict[str, dict[str, str]] = {}
+        self._sampling: dict[str, Sampling] = {}
 
     def backend(self, role: str) -> Backend:
         if self._backends[role] is None:
@@ -123,23 +149,41 @@ class Pipeline:
             self._backends[role] = make_backend(kind, getattr(c, f"{role}_model"), **c.role_options(role))
         return self._backends[role]
 
-    def build_request(self, stage: str, item: dict, values: dict[str, str]) -> Request:
+    def stage_sampling(self, stage: str, backend: Backend) -> Sampling:
+        """
+        A stage's decoding settings as its backend sends them: the stage's budget and stops, with default stop
+        strings for completion prompts (a new line starting like the prompt's template, i.e. a new question) and the
+        backend's default stop ids (a local model's end-of-turn and eos tokens).
+        """
+        c = self.config
+        sampling = c.sampling(stage)
+        if sampling.stop is None and not backend.uses_chat:
+            template = {"probe": c.probe_completion_template, "critique": c.critique_template}.get(
+                stage, c.refine_template
+            )
+            sampling = replace(sampling, stop=completion_stops(template))
+        return backend.resolve(sampling)
+
+    def build_request(
+        self, stage: str, item: dict, values: dict[str, str], sampling: Sampling | None = None
+    ) -> Request:
         """The request of one stage for one record, in chat form (and completion form for the student)."""
         c = self.config
         meta = {"stage": stage, **values}
+        sampling = sampling if sampling is not None else c.sampling(stage)
         if stage == "probe":
             messages = [{"role": "user", "content": values["question"]}]
             if c.probe_system_prompt:
                 messages.insert(0, {"role": "system", "content": c.probe_system_prompt})
             prompt = fill(c.probe_completion_template, question=values["question"])
-            return Request(item["id"], messages=messages, prompt=prompt, sampling=c.sampling(), meta=meta)
+            return Request(item["id"], messages=messages, prompt=prompt, sampling=sampling, meta=meta)
         system, template = (
             (c.critique_system_prompt, c.critique_template)
             if stage == "critique"
             else (c.refine_system_prompt, c.refine_template)
         )
         messages = [{"role": "system", "content": system}, {"role": "user", "content": fill(template, **values)}]
-        return Request(item["id"], messages=messages, sampling=c.sampling(), meta=meta)
+        return Request(item["id"], messages=messages, sampling=sampling, meta=meta)
 
     def _inputs(self, stage: str, item: dict, stores: dict[str, StageStore]) -> dict[str, str] | None:
         """The fields a stage needs for one record (from the input data or earlier stages), or `None` if missing."""
@@ -192,15 +236,29 @@ class Pipeline:
         failures: list[dict] = []
         if todo:
             backend = self.backend(role)
+            sampling = self._sampling[stage] = self.stage_sampling(stage, backend)
+            fingerprint = backend.fingerprint
             requests, keys, inputs = [], self._keys.setdefault(stage, {}), {}
             for item, values in todo:
-                request = self.build_request(stage, item, values)
+                request = self.build_request(stage, item, values, sampling)
                 keys[item["id"]] = request_key(backend, request)
                 inputs[item["id"]] = inputs_hash(values)
                 if store.done(item["id"], keys[item["id"]]):
                     counts["cached"] += 1
-                else:
-                    requests.append(request)
+                    continue
+                requests.append(request)
+                old = store.entries.get(item["id"])
+                if old is not None:  # a stored output that no longer counts: say why it is made again
+                    changed = fingerprint is not None and old.get("fingerprint") not in (None, fingerprint)
+                    counts[
+                        "regenerated: model files changed" if changed else "regenerated: settings or inputs changed"
+                    ] += 1
+            changed = counts["regenerated: model files changed"]
+            if changed:
+                logger.warning(
+                    f"{stage}: the files of {backend.model} changed since {changed} stored outputs were made "
+                    f"(fingerprint now {fingerprint}); they are generated again."
+                )
             from tqdm.auto import tqdm
 
             start = time.perf_counter()
@@ -225,6 +283,8 @@ class Pipeline:
                         bar.set_postfix(failed=counts["failed"])
                     else:
                         entry = {"id": record_id, "key": keys[record_id], "inputs": inputs[record_id], "text": text}
+                        if fingerprint is not None:
+                            entry["fingerprint"] = fingerprint
                         if raw.strip() != text:
                             entry["raw"] = raw
                         if stage == "critique":
@@ -234,6 +294,9 @@ class Pipeline:
                             prompt_tokens=reply.prompt_tokens,
                             completion_tokens=reply.completion_tokens,
                         )
+                        if reply.max_tokens is not None:  # the budget was shrunk to fit the model's context
+                            entry["max_tokens"] = reply.max_tokens
+                            counts["budget shrunk to fit the context"] += 1
                         store.append(entry)
                         counts["generated"] += 1
                         counts["prompt_tokens"] += reply.prompt_tokens
@@ -267,11 +330,14 @@ class Pipeline:
                 if backend is not None
                 else {"backend": getattr(c, f"{role}_backend"), "model": getattr(c, f"{role}_model")}
             )
-        return {**described, "sampling": c.sampling().to_dict(), "templates": c.template_ids()}
+        sampling = {stage: self._sampling.get(stage, c.sampling(stage)).to_dict() for stage in STAGES}
+        return {**described, "sampling": sampling, "templates": c.template_ids()}
 
-    def assemble(self, items: list[dict], stores: dict[str, StageStore]) -> tuple[list[dict], Counter]:
+    def assemble(
+        self, items: list[dict], stores: dict[str, StageStore], provenance: dict[str, Any] | None = None
+    ) -> tuple[list[dict], Counter]:
         """The complete records, in input order; incomplete ones are counted by their first missing stage."""
-        provenance = self.provenance()
+        provenance = provenance if provenance is not None else self.provenance()
         records, incomplete = [], Counter()
         for item in items:
             texts = {STAGE_OUTPUT[stage]: self.current_text(stage, item, stores) for stage in STAGES}
@@ -297,10 +363,71 @@ class Pipeline:
         """
         c = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if c.merge is not None:
+            return self.merge()
         items, dropped = load_items(c)
         stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGES}
-        stage_counts = {stage: self.run_stage(stage, items, stores) for stage in c.stages}
+        stage_counts = {}
+        for index, stage in enumerate(c.stages):
+            stage_counts[stage] = self.run_stage(stage, items, stores)
+            self._release_unneeded(c.stages[index + 1 :])
         records, incomplete = self.assemble(items, stores)
+        return self._finish(items, dropped, stage_counts, records, incomplete, self.provenance())
+
+    def _release_unneeded(self, later: list[str]) -> None:
+        """
+        Closes the backends no later stage uses: the offline student engine leaves the GPU before the teacher loads
+        (two vLLM engines in one process do not fit next to each other).
+        """
+        needed = {"student" if stage == "probe" else "teacher" for stage in later}
+        for role, backend in self._backends.items():
+            others = [b for r, b in self._backends.items() if r != role]
+            if backend is not None and role not in needed and all(backend is not b for b in others):
+                backend.close()
+
+    def merge(self) -> dict[str, Any]:
+        """
+        Merges the stage files of shard runs (`merge: [folders]`) into `output_dir` and writes the records of the whole
+        input, in input order: the same `records.jsonl` as one unsharded run with the same settings.
+
+        Raises:
+            `ValueError`: when a folder has no `summary.json` (not a finished shard run), or the shards were made with
+                different models, decoding settings or templates.
+        """
+        c = self.config
+        provenance, stage_counts = None, {}
+        for folder in c.merge:
+            path = Path(folder) / SUMMARY_FILE
+            if not path.is_file():
+                raise ValueError(f"`merge`: {folder} has no {SUMMARY_FILE}; give the output folders of shard runs.")
+            shard = json.loads(path.read_text("utf-8"))["provenance"]
+            if provenance is not None and shard != provenance:
+                raise ValueError(
+                    f"`merge`: {folder} was made with other models, decoding settings or templates than {c.merge[0]} "
+                    "(compare `provenance` in their summary.json); merge only shards of one run."
+                )
+            provenance = shard
+        for stage in STAGES:
+            store = StageStore(self.output_dir / f"{stage}.jsonl")
+            merged = 0
+            for folder in c.merge:
+                source = Path(folder) / f"{stage}.jsonl"
+                for entry in read_jsonl(source) if source.is_file() else []:
+                    if store.entries.get(entry["id"]) != entry:
+                        store.append(entry)
+                    merged += 1
+            store.close()
+            stage_counts[stage] = {"merged": merged}
+        items, dropped = load_items(c, whole=True)
+        stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGES}
+        for store in stores.values():
+            store.close()
+        records, incomplete = self.assemble(items, stores, provenance)
+        return self._finish(items, dropped, stage_counts, records, incomplete, provenance)
+
+    def _finish(self, items, dropped, stage_counts, records, incomplete, provenance) -> dict[str, Any]:
+        """Writes `records.jsonl` and `summary.json`, prints the summary and returns it."""
+        c = self.config
         path = self.output_dir / RECORDS_FILE
         write_jsonl(path, records, atomic=True)  # readers never see a half-written file
         verdicts = Counter(str(r["verdict"]) for r in records)
@@ -314,8 +441,10 @@ class Pipeline:
             "verdicts": {"right": verdicts["right"], "wrong": verdicts["wrong"], "none": verdicts["None"]},
             "failed": {stage: counts.get("failed", 0) for stage, counts in stage_counts.items()},
             "records_file": str(path),
-            "provenance": self.provenance(),
+            "provenance": provenance,
         }
+        if c.shard is not None:
+            summary["shard"] = c.shard
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", "utf-8")
         print(format_summary(summary))
         return summary

@@ -53,8 +53,9 @@ def inputs_hash(values: dict[str, str]) -> str:
 
 def request_key(backend: Backend, request: Request) -> str:
     """
-    Hash of what determines a completion: the model, the exact prompt as sent, the decoding settings and any extra
-    request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
+    Hash of what determines a completion: the model (and the fingerprint of a local model's files, so that a model
+    retrained into the same folder regenerates), the exact prompt as sent, the decoding settings with their stops and
+    any extra request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
     """
     payload = {
         "model": backend.model,
@@ -63,6 +64,8 @@ def request_key(backend: Backend, request: Request) -> str:
     }
     if getattr(backend, "extra_body", None):
         payload["extra_body"] = backend.extra_body
+    if backend.fingerprint is not None:
+        payload["fingerprint"] = backend.fingerprint
     if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
         payload["input"] = request.messages
         payload["rendered"] = "completion"
