@@ -17,6 +17,10 @@ EXIT_USAGE = 2  # the same value as cgd_trainer.commands.EXIT_USAGE, kept here s
 # name -> (module with `main(argv) -> int`, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cgd_trainer.commands.train", "train a CGD student (same flags and YAML recipes as examples/train.py)"),
+    "inspect": (
+        "cgd_trainer.commands.inspect",
+        "show records as a training recipe trains them: the trained tokens marked, token counts, truncation",
+    ),
     "demo": ("cgd_trainer.demo.run", "run the offline demo: tiny local model, shipped CGD records, CPU"),
     "generate": (
         "cgd_trainer.commands.generate",

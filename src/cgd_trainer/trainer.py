@@ -304,6 +304,70 @@ class CGDTrainer(SFTTrainer):
             logger.info(message)
 
 
+def prepare_records(
+    dataset: Dataset,
+    processing_class: PreTrainedTokenizerBase | ProcessorMixin,
+    args: SFTConfig,
+    dataset_name: str = "train",
+) -> tuple[Dataset, dict[str, int]]:
+    """
+    Prepares raw CGD records as [`CGDTrainer`] prepares them for training, without loading a model: the same
+    conversion, CGD truncation, TRL tokenization, label masking, TRL truncation and removal of fully masked rows
+    (packing aside, since a packed row mixes records). What TRL's `SFTTrainer.__init__` does to the tokenizer before
+    it prepares data is done here too: `eos_token`, a `.jinja` `chat_template_path`, and the training template of
+    `assistant_only_loss`. `cgd inspect` shows records through this function; a test checks that its labels are the
+    trainer's.
+
+    Args:
+        dataset ([`~datasets.Dataset`]): Raw CGD records.
+        processing_class: The tokenizer (changed in place, as TRL changes it).
+        args ([`~trl.SFTConfig`] or [`CGDConfig`]): The training configuration.
+        dataset_name (`str`, *optional*, defaults to `"train"`): Name used in messages and in the counts.
+
+    Returns:
+        `tuple`: The prepared rows (`input_ids`, `labels`) of the records that are trained, and the counts of kept,
+        shortened and dropped records.
+
+    Raises:
+        `ValueError`: for a `chat_template_path` naming a tokenizer (TRL clones it into the model, with new tokens).
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+    if args.eos_token is not None:
+        if args.eos_token not in tokenizer.get_vocab():
+            raise ValueError(f"`eos_token` {args.eos_token!r} is not in the tokenizer's vocabulary.")
+        tokenizer.eos_token = args.eos_token
+    if args.chat_template_path is not None:
+        if not str(args.chat_template_path).endswith((".jinja", ".j2")):
+            raise ValueError(
+                f"`chat_template_path={args.chat_template_path}` names a tokenizer, whose template TRL clones into "
+                "the model with its added tokens; records are shown without a model only with a .jinja template file."
+            )
+        with open(args.chat_template_path, encoding="utf-8") as handle:
+            processing_class.chat_template = handle.read()
+    # A trainer without `SFTTrainer.__init__`: only what preparation reads, set as `__init__` sets it.
+    trainer = CGDTrainer.__new__(CGDTrainer)
+    trainer.args = args
+    trainer._tokenizer = tokenizer
+    trainer._signature_columns = None
+    trainer.cgd_collator = CritiqueCollator.from_config(args)
+    trainer.cgd_stats = {}
+    trainer._cgd_pending = []
+    swap = args.assistant_only_loss and not has_generation_markers(processing_class.chat_template)
+    trainer.chat_template = get_training_chat_template(processing_class) if swap else None
+    # CGD records become prompt-completion rows, for which TRL turns completion-only loss on unless told otherwise.
+    trainer.completion_only_loss = True if args.completion_only_loss is None else args.completion_only_loss
+    try:
+        prepared = trainer._prepare_dataset(dataset, processing_class, args, False, None, dataset_name)
+    except ValueError:
+        counts = trainer.cgd_stats.get(dataset_name, {})
+        if not counts or counts[DROPPED] != len(dataset):
+            raise
+        prepared = Dataset.from_dict({"input_ids": [], "labels": []})  # every record dropped: shown as such
+    return prepared, trainer.cgd_stats.get(dataset_name, {KEPT: 0, SHORTENED: 0, DROPPED: 0})
+
+
 @torch.no_grad()
 def _trained_token_stats(logits: torch.Tensor, labels: torch.Tensor, chunk: int = 512):
     """

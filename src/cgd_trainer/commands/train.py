@@ -70,16 +70,17 @@ class LaunchArguments:
         return args
 
 
-def make_parser(prog: str | None = None):
+def make_parser(prog: str | None = None, extra_types: tuple = ()):
     """
     The parser of `cgd train` and `examples/train.py`: TRL's script, model and dataset-mixture arguments with
-    [`CGDConfig`], and the [`LaunchArguments`].
+    [`CGDConfig`], and the [`LaunchArguments`] (then `extra_types`, for commands that read training recipes).
     """
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
     from ..config import CGDConfig
 
-    return TrlParser((ScriptArguments, CGDConfig, ModelConfig, DatasetMixtureConfig, LaunchArguments), prog=prog)
+    types = (ScriptArguments, CGDConfig, ModelConfig, DatasetMixtureConfig, LaunchArguments, *extra_types)
+    return TrlParser(types, prog=prog)
 
 
 def demo_recipe() -> str:
@@ -103,11 +104,12 @@ def run(argv: list[str], prog: str | None = None):
     return train(script_args, training_args, model_args, dataset_args)
 
 
-def parse(argv: list[str], prog: str | None = None) -> tuple:
+def parse(argv: list[str], prog: str | None = None, extra_types: tuple = ()) -> tuple:
     """
     Parses the command line and the YAML recipe (a file or a shipped recipe's name) into TRL's four argument
-    dataclasses and the [`LaunchArguments`], strictly: a key of the recipe or a flag that no argument has is an error
-    naming it and the nearest valid one (TRL's own `env:` key is read as TRL reads it).
+    dataclasses and the [`LaunchArguments`] (then one instance of each of `extra_types`), strictly: a key of the recipe
+    or a flag that no argument has is an error naming it and the nearest valid one (TRL's own `env:` key is read as
+    TRL reads it).
 
     Raises:
         [`UsageError`]: for an unknown key or flag or recipe, before anything is loaded.
@@ -117,7 +119,7 @@ def parse(argv: list[str], prog: str | None = None) -> tuple:
     if path is not None:  # before the parser, whose imports (torch, TRL) take seconds
         path = resolve_recipe(path)
         argv = ["--config", path, *flags]
-    parser = make_parser(prog=prog)
+    parser = make_parser(prog=prog, extra_types=extra_types)
     settings = setting_names(parser)
     # Checked before TRL builds the dataclasses, whose own checks (e.g. bf16 on a CPU) would hide a misspelt key.
     if path is not None:
