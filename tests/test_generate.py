@@ -692,3 +692,38 @@ def test_cut_surrogates_and_unclosed_thinking(tmp_path):
                       stages=["critique"], initial_response_field="initial_response")  # fmt: skip
     assert summary["stages"]["critique"]["generated"] == 2
     assert read_jsonl(tmp_path / "out" / "critique.jsonl")[0]["text"] == "cut emoji ?\nConclusion: wrong"
+
+
+def test_exit_status_counts_only_the_stages_the_command_runs(tmp_path):
+    from cgd_trainer.commands.generate import main
+
+    args = ["--student_backend", "demo", "--teacher_backend", "demo", "--max_records", "4", "--id_field", "id"]
+    # A probe-only job that finished everything it can: 0, although the records still wait for the teacher.
+    assert main([*args, "--output_dir", str(tmp_path / "a"), "--stages", "probe"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text("utf-8"))
+    assert summary["records"] == 0 and summary["incomplete_records"] == {"critique": 4}
+    # The same records left incomplete at a stage the command runs: 3 (a rerun continues).
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "x", "prompt": "What is the capital of France?"}) + "\n", "utf-8")
+    run_args = [*args, "--dataset_name", str(questions), "--output_dir", str(tmp_path / "b"), "--stages", "probe"]
+    assert main(run_args) == 3
+
+
+def test_keys_of_requests_without_stops_are_unchanged():
+    # Stage files written before stops existed stay cached: a request without stops hashes as it always did.
+    import hashlib
+
+    from cgd_trainer.pipeline import request_key
+
+    backend = OpenAIBackend("teacher", base_url="http://127.0.0.1:9/v1")
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    request = Request("a", messages=messages, sampling=backend.resolve(Sampling(max_tokens=7)))
+    before = {
+        "model": "teacher",
+        "input": messages,
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7, "n": 1, "seed": None},
+    }
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    assert request_key(backend, request) == digest
+    stopped = Request("a", messages=messages, sampling=Sampling(max_tokens=7, stop=("\n###",)))
+    assert request_key(backend, stopped) != digest

@@ -50,10 +50,9 @@ class Sampling:
             raise ValueError(f"`max_tokens` must be at least 1, got {self.max_tokens}.")
 
     def to_dict(self) -> dict[str, Any]:
-        # Unset stops are left out, so that the request keys of runs without stops stay what they were.
         values = asdict(self)
         for name in ("stop", "stop_token_ids"):
-            if values[name] is None:
+            if not values[name]:  # unset or none: the keys of requests without stops stay what they were
                 del values[name]
             else:  # lists, as they read back from JSON
                 values[name] = list(values[name])

@@ -63,14 +63,17 @@ class TransformersBackend(Backend):
         self._trust_remote_code = trust_remote_code
         self.max_context = max_context or model_context_length(model, trust_remote_code)
         self._fingerprint = model_fingerprint(model)
+        self._default_stops: tuple[tuple[str, ...], tuple[int, ...]] | None = None
 
     @property
     def fingerprint(self) -> str | None:
         return self._fingerprint
 
     def default_stops(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        generation_config = load_generation_config(self.model, self._trust_remote_code)
-        return (), model_stop_token_ids(self.tokenizer, generation_config, chat=self._chat)
+        if self._default_stops is None:  # read once: every unresolved request asks
+            generation_config = load_generation_config(self.model, self._trust_remote_code)
+            self._default_stops = (), model_stop_token_ids(self.tokenizer, generation_config, chat=self._chat)
+        return self._default_stops
 
     @property
     def uses_chat(self) -> bool:

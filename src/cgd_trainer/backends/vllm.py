@@ -81,7 +81,8 @@ class VLLMBackend(Backend):
         # Base models have no chat template: like the `transformers` backend, `auto` then sends completion prompts.
         self._chat = has_template and prompt_format != "completion"
         self.max_context = kwargs.get("max_model_len") or model_context_length(model, trust)
-        self._generation_config = load_generation_config(model, trust)
+        generation_config = load_generation_config(model, trust)
+        self._default_stop_ids = model_stop_token_ids(self.tokenizer, generation_config, chat=self._chat)
         self._fingerprint = model_fingerprint(model)
 
     @property
@@ -93,7 +94,7 @@ class VLLMBackend(Backend):
         return self._fingerprint
 
     def default_stops(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        return (), model_stop_token_ids(self.tokenizer, self._generation_config, chat=self._chat)
+        return (), self._default_stop_ids
 
     @property
     def llm(self):
