@@ -109,3 +109,41 @@ def test_merge_refuses_shards_of_different_runs(tmp_path):
 def test_bad_shards_are_refused(tmp_path, shard):
     with pytest.raises(ValueError, match="`shard` must be `i/n`"):
         GenerateConfig(**settings(tmp_path, shard=shard))
+
+
+def test_merge_takes_only_what_each_shard_counted_as_current(tmp_path):
+    # Shard 0 is rerun with a new critique budget, and one critique fails under it: its stage file still holds that
+    # record's critique made under the old budget, which the shard's run no longer counts. The merge must not either.
+    from cgd_trainer.backends import OpenAIBackend
+    from servers import ScriptedServer
+
+    common = dict(max_records=6, teacher_backend="openai", teacher_model="teacher")
+    shard0 = settings(tmp_path / "s0", **common, shard="0/2", stages=["probe"])
+    run(**shard0)
+    draft = read_first(tmp_path / "s0" / "out" / "probe.jsonl")
+    question = next(i for i in load_items(GenerateConfig(**shard0))[0] if i["id"] == draft["id"])["question"]
+    message = f"### Question\n{question}\n\n### Student's answer\n{draft['text']}"
+    with ScriptedServer(faults={message: [200, 400]}) as server:
+
+        def teacher():
+            return OpenAIBackend("teacher", base_url=server.base_url, max_retries=0, backoff_base=0.01)
+
+        for index in range(2):
+            values = settings(tmp_path / f"s{index}", **common, shard=f"{index}/2")
+            pipeline = Pipeline(GenerateConfig(**values), teacher=teacher())
+            pipeline.run()
+        # The rerun with another budget: the critique of that one record fails (400).
+        for index in range(2):
+            values = settings(tmp_path / f"s{index}", **common, shard=f"{index}/2", critique_max_new_tokens=16)
+            summary = Pipeline(GenerateConfig(**values), teacher=teacher()).run()
+        assert summary["failed"]["critique"] == 0
+    folders = [str(tmp_path / f"s{index}" / "out") for index in range(2)]
+    values = settings(tmp_path / "m", **common, critique_max_new_tokens=16, merge=folders)
+    summary = Pipeline(GenerateConfig(**values)).run()
+    assert summary["records"] == 5 and summary["incomplete_records"] == {"critique": 1}
+    merged = [json.loads(line) for line in (tmp_path / "m" / "out" / "records.jsonl").read_text("utf-8").splitlines()]
+    assert draft["id"] not in {record["id"] for record in merged}
+
+
+def read_first(path: Path) -> dict:
+    return json.loads(path.read_text("utf-8").splitlines()[0])

@@ -387,16 +387,17 @@ class Pipeline:
 
     def merge(self) -> dict[str, Any]:
         """
-        Merges the stage files of shard runs (`merge: [folders]`) into `output_dir` and writes the records of the whole
-        input, in input order: the same `records.jsonl` as one unsharded run with the same settings.
+        Merges shard runs (`merge: [folders]`) into `output_dir`: their records, put back in the order of the whole
+        input (the same `records.jsonl` as one unsharded run with the same settings), and their stage files (so that a
+        rerun of the whole input in `output_dir` sends only what the shards left undone).
 
         Raises:
-            `ValueError`: when a folder has no `summary.json` (not a finished shard run), or the shards were made with
-                different models, decoding settings or templates.
+            `ValueError`: when a folder has no `summary.json` (not a finished shard run), the shards were made with
+                different models, decoding settings or templates, or hold records of another input.
         """
         c = self.config
-        provenance, stage_counts = None, {}
-        for folder in c.merge:
+        provenance, rows, incomplete = None, {}, Counter()
+        for folder in dict.fromkeys(c.merge):  # a folder given twice counts once
             path = Path(folder) / SUMMARY_FILE
             if not path.is_file():
                 raise ValueError(f"`merge`: {folder} has no {SUMMARY_FILE}; give the output folders of shard runs.")
@@ -407,22 +408,32 @@ class Pipeline:
                     "(compare `provenance` in their summary.json); merge only shards of one run."
                 )
             provenance = shard
+            incomplete.update(json.loads(path.read_text("utf-8"))["incomplete_records"])
+            # The shard's own records: exactly the outputs its run counted as current.
+            rows.update((row["id"], row) for row in read_jsonl(Path(folder) / RECORDS_FILE))
+        stage_counts = {}
         for stage in STAGES:
-            store = StageStore(self.output_dir / f"{stage}.jsonl")
-            merged = 0
+            store, merged = StageStore(self.output_dir / f"{stage}.jsonl"), set()
             for folder in c.merge:
                 source = Path(folder) / f"{stage}.jsonl"
                 for entry in read_jsonl(source) if source.is_file() else []:
                     if store.entries.get(entry["id"]) != entry:
                         store.append(entry)
-                    merged += 1
+                    merged.add(entry["id"])
             store.close()
-            stage_counts[stage] = {"merged": merged}
+            stage_counts[stage] = {"merged": len(merged)}
         items, dropped = load_items(c, whole=True)
-        stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGES}
-        for store in stores.values():
-            store.close()
-        records, incomplete = self.assemble(items, stores, provenance)
+        foreign = set(rows) - {item["id"] for item in items}
+        if foreign:
+            raise ValueError(
+                f"`merge`: {len(foreign)} records of the shards (e.g. {sorted(foreign)[0]!r}) are not in this input; "
+                "give the dataset, `shuffle`, `data_seed` and `max_records` the shards were run with."
+            )
+        records = [rows[item["id"]] for item in items if item["id"] in rows]
+        # Incomplete: as each shard counted its own (by first missing stage); questions of a shard not given: probe.
+        missing_shards = len(items) - len(records) - sum(incomplete.values())
+        if missing_shards > 0:
+            incomplete["probe"] += missing_shards
         return self._finish(items, dropped, stage_counts, records, incomplete, provenance)
 
     def _finish(self, items, dropped, stage_counts, records, incomplete, provenance) -> dict[str, Any]:
