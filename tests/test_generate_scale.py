@@ -147,3 +147,10 @@ def test_merge_takes_only_what_each_shard_counted_as_current(tmp_path):
 
 def read_first(path: Path) -> dict:
     return json.loads(path.read_text("utf-8").splitlines()[0])
+
+
+def test_merge_refuses_shards_of_another_input(tmp_path):
+    run(**settings(tmp_path / "a", max_records=4, shard="0/2"))
+    values = settings(tmp_path / "m", max_records=4, shuffle=True, data_seed=9, merge=[str(tmp_path / "a" / "out")])
+    with pytest.raises(ValueError, match="are not in this input"):
+        Pipeline(GenerateConfig(**values)).run()
