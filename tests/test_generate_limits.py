@@ -162,6 +162,18 @@ def test_local_student_default_stops_are_in_keys_and_provenance(tmp_path, tiny_d
     assert records[0]["provenance"]["sampling"]["probe"] == probe
 
 
+def test_stop_strings_against_transformers_serve(served_tiny):
+    base_url, model = served_tiny
+    backend = OpenAIBackend(model, base_url=base_url, concurrency=1)
+    question = [{"role": "user", "content": "Question 3: what is 12 + 30? Show your work."}]
+    free = next(backend.generate([Request("a", messages=question, sampling=Sampling(max_tokens=16))]))
+    text = free.texts[0]
+    assert free.ok and len(text) > 8
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    cut = next(backend.generate([Request("b", messages=question, sampling=Sampling(max_tokens=16, stop=(stop,)))]))
+    assert cut.ok and cut.texts[0] == text[: text.index(stop)]
+
+
 # --- budgets ---------------------------------------------------------------------------------------------------------
 
 

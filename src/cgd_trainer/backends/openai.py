@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import Backend, Reply, Request, fit_budget, render_completion
+from .base import Backend, Reply, Request, cut_at_stop, fit_budget, render_completion
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ class OpenAIBackend(Backend):
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
-                # A server may cut a reply inside a surrogate pair; such text cannot be written as UTF-8.
+                # A server may cut a reply inside a surrogate pair; such text cannot be written as UTF-8. A server
+                # that ignores `stop` gets its reply cut here, as one that honours it would have.
+                text = cut_at_stop(text, request.sampling.stop)
                 reply.texts.append(text.encode("utf-8", "replace").decode("utf-8"))
                 reply.prompt_tokens += prompt_tokens
                 reply.completion_tokens += completion_tokens
