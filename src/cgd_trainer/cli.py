@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cgd_trainer.commands.eval",
         "evaluate models or checkpoints on math benchmarks (math-verify, pass@k, format drift)",
     ),
+    "benchmarks": (
+        "cgd_trainer.commands.benchmarks",
+        "list the benchmark registry, or write benchmarks to JSONL files (offline eval, decontamination)",
+    ),
     "diagnose": (
         "cgd_trainer.commands.diagnose",
         "refinement uncertainty: NLL/entropy of refined answers with and without the critique",

@@ -167,6 +167,22 @@ def loads_object(text: str, where: str, fix: str) -> dict[str, Any]:
     return value
 
 
+def trim_unfinished_line(path: str | os.PathLike) -> bool:
+    """
+    Cuts a JSONL file back to its last whole line: what a run killed while appending leaves behind.
+
+    Returns:
+        `bool`: Whether a cut-short last line was dropped.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) == len(data):
+        return False
+    path.write_bytes(whole)
+    return True
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """
     Reads a JSONL file one row at a time (blank lines are skipped).

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .base import PROMPT_FORMATS, Backend, Reply, Request, Sampling, render_completion
+from .base import PROMPT_FORMATS, Backend, Reply, Request, Sampling, render_completion, request_key
 from .registry import BACKENDS, REGISTRY, backend_class, make_backend
 from .settings import BackendSettings, check_overrides
 
@@ -35,4 +35,5 @@ __all__ = [
     "check_overrides",
     "make_backend",
     "render_completion",
+    "request_key",
 ]

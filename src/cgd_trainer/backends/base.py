@@ -6,6 +6,8 @@ write every result to disk before the next arrives (that is what makes runs resu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -197,3 +199,25 @@ def render_completion(messages: list[dict[str, str]]) -> str:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     user = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
     return f"{system}\n\n{user}\n\n### Response\n" if system else f"{user}\n\n### Response\n"
+
+
+def request_key(backend: Backend, request: Request) -> str:
+    """
+    Hash of what determines a completion, the key under which `cgd generate` and `cgd eval` store a result so that a
+    rerun sends nothing twice: the model (and the fingerprint of a local model's files, so that a model
+    retrained into the same folder regenerates), the exact prompt as sent, the decoding settings with their stops and
+    any extra request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
+    """
+    payload = {
+        "model": backend.model,
+        "input": request.messages if backend.uses_chat and request.messages is not None else request.prompt,
+        "sampling": request.sampling.to_dict(),
+    }
+    if getattr(backend, "extra_body", None):
+        payload["extra_body"] = backend.extra_body
+    if backend.fingerprint is not None:
+        payload["fingerprint"] = backend.fingerprint
+    if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
+        payload["input"] = request.messages
+        payload["rendered"] = "completion"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_OK
+from . import EXIT_INCOMPLETE, EXIT_OK
 from .parser import ConfigParser
 
 
@@ -33,5 +34,14 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    run(argv)
+    """Exit status 0 when every sample was generated, 3 when some failed (a rerun sends only those again)."""
+    result = run(argv)
+    failed = sum((part or {}).get("failed_samples", 0) for part in (result["summary"], result["selection"]))
+    if failed:
+        print(
+            f"cgd eval: {failed} samples failed (their `error` is in the samples file) and count as wrong in the "
+            "report; rerun the same command to send only those again.",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..grading import parse_gold
-from ..sources import LOCAL_FORMATS, is_builtin, load_source
+from ..sources import LOCAL_FORMATS, is_builtin, load_source, write_jsonl
 
 # Column names tried, in order, when a local file or hub dataset does not name its fields.
 QUESTION_FIELDS = ("problem", "question", "prompt", "Problem", "Question", "input")
@@ -221,7 +221,15 @@ def load_problems(benchmark: Benchmark, max_problems: int | None = None) -> list
     else:
         from datasets import load_dataset
 
-        dataset = load_dataset(benchmark.path, name=benchmark.config, split=benchmark.split)
+        try:
+            dataset = load_dataset(benchmark.path, name=benchmark.config, split=benchmark.split)
+        except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
+            reason = " ".join(str(error).split())
+            raise ValueError(
+                f"Benchmark {benchmark.name!r}: could not load {benchmark.path} (split {benchmark.split}) from the "
+                f"hub or its cache ({type(error).__name__}: {reason}). Without hub access, write it to a file once "
+                f"where there is (`cgd benchmarks --write {benchmark.name} --output_dir <dir>`) and name that file."
+            ) from error
     if max_problems is not None:
         dataset = dataset.select(range(min(max_problems, len(dataset))))
     columns = dataset.column_names
@@ -243,6 +251,20 @@ def load_problems(benchmark: Benchmark, max_problems: int | None = None) -> list
         gold = normalize_gold(row.get(answer_field))
         problems.append(Problem(problem_id, question, gold, parse_gold(gold) if gold else None))
     return problems
+
+
+def write_problems(problems: Sequence[Problem], path: str | Path) -> int:
+    """
+    Writes a benchmark's problems to a JSONL file (`id`, `question`, `answer`): what `cgd eval` and `cgd build
+    --decontaminate` read back as a local benchmark, offline.
+
+    Returns:
+        `int`: The number of problems written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ({"id": p.id, "question": p.question, "answer": p.gold} for p in problems)
+    return write_jsonl(path, rows, atomic=True)
 
 
 def benchmark_info(benchmark: Benchmark, problems: Sequence[Problem]) -> dict[str, Any]:

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..sources import JsonlAppender, write_jsonl
 from .benchmarks import Benchmark, Problem, benchmark_info, load_problems, resolve_benchmark
 from .config import EvalConfig, ModelSpec
 from .metrics import score_samples
 from .report import percent, plot_checkpoint_accuracy, render_selection_report
+from .samples import SampleStore
 
 logger = logging.getLogger(__name__)
 
 # Generates and grades one model's outputs on benchmarks, appending each graded sample to the file: the rows per
 # benchmark (see `cgd_trainer.evaluation.runner.generate_and_grade`).
-GenerateRows = Callable[[ModelSpec, Mapping[str, Sequence[Problem]], JsonlAppender], dict[str, list[dict[str, Any]]]]
+GenerateRows = Callable[[ModelSpec, Mapping[str, Sequence[Problem]], SampleStore], dict[str, list[dict[str, Any]]]]
 
 
 @dataclass
@@ -149,15 +149,17 @@ def select_checkpoint(config: EvalConfig, generate: GenerateRows) -> dict[str, A
     if all(p.gold_parsed is None for p in problems):
         raise ValueError(f"No reference answer of the validation set {validation.path} can be parsed.")
     scored = []
-    samples_path = output_dir / "selection_samples.jsonl"
-    write_jsonl(samples_path, ())  # a rerun starts the file afresh; the appender then adds to it
-    with JsonlAppender(samples_path) as samples:
+    every_row: list[dict[str, Any]] = []
+    # A rerun reuses the checkpoints' finished samples (keyed by each checkpoint's weights) and sends only the others.
+    with SampleStore(output_dir / "selection_samples.jsonl") as samples:
         for candidate in candidates:
             spec = ModelSpec(candidate.label, candidate.path, config.backend)
             rows = generate(spec, {validation.name: problems}, samples)
             metrics = score_samples(rows[validation.name], config.ks)
             scored.append({**asdict(candidate), **metrics})
             logger.info("%s: validation accuracy %s%%", candidate.label, percent(metrics["accuracy"]))
+            every_row += rows[validation.name]
+        samples.rewrite(every_row)
     # Highest accuracy; among equals the earliest in training order (the list is in that order).
     best = max(enumerate(scored), key=lambda item: (item[1]["accuracy"] or 0.0, -item[0]))[1]
     selection = {
@@ -167,6 +169,7 @@ def select_checkpoint(config: EvalConfig, generate: GenerateRows) -> dict[str, A
         "selected": {k: best[k] for k in ("label", "path", "step", "accuracy")},
         "checkpoints": scored,
         "decoding": {"temperature": config.temperature, "num_samples": config.num_samples},
+        "failed_samples": sum(row["error"] is not None for row in every_row),
     }
     plot_name = None
     if config.plot:

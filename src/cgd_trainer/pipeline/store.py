@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from ..backends import Backend, Request
-from ..sources import JsonlAppender, read_jsonl
+from ..backends import request_key  # noqa: F401 - the pipeline's keys are the backends'
+from ..sources import JsonlAppender, read_jsonl, trim_unfinished_line
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +25,8 @@ class StageStore:
         self.path = path
         self.entries: dict[str, dict] = {}
         if path.exists():
-            data = path.read_bytes()
-            whole = data[: data.rfind(b"\n") + 1]
-            if len(whole) != len(data):
+            if trim_unfinished_line(path):
                 logger.warning(f"{path}: dropped an unfinished last line (the previous run was interrupted).")
-                path.write_bytes(whole)
             for entry in read_jsonl(path):
                 self.entries[entry["id"]] = entry
         self._appender = JsonlAppender(path)
@@ -49,24 +46,3 @@ class StageStore:
 def inputs_hash(values: dict[str, str]) -> str:
     """Hash of the texts a stage's prompt was built from (question, and the draft and critique where used)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-
-
-def request_key(backend: Backend, request: Request) -> str:
-    """
-    Hash of what determines a completion: the model (and the fingerprint of a local model's files, so that a model
-    retrained into the same folder regenerates), the exact prompt as sent, the decoding settings with their stops and
-    any extra request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
-    """
-    payload = {
-        "model": backend.model,
-        "input": request.messages if backend.uses_chat and request.messages is not None else request.prompt,
-        "sampling": request.sampling.to_dict(),
-    }
-    if getattr(backend, "extra_body", None):
-        payload["extra_body"] = backend.extra_body
-    if backend.fingerprint is not None:
-        payload["fingerprint"] = backend.fingerprint
-    if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
-        payload["input"] = request.messages
-        payload["rendered"] = "completion"
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
