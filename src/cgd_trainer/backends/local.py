@@ -90,6 +90,7 @@ _MODEL_FILES = (
     "*.safetensors",
     "pytorch_model*.bin",
     "config.json",
+    "adapter_config.json",
     "generation_config.json",
     "tokenizer*",
     "special_tokens_map.json",
