@@ -223,3 +223,106 @@ def grade(prediction: str | None, gold: Any) -> bool | None:
     if gold_parsed is None:
         return None
     return grade_parsed(prediction, gold_parsed)
+
+
+# --- the fallback extraction of the math-evaluation-harness protocol -------------------------------------------------
+#
+# The harness used by Qwen2.5-Math, CFT and CGD reads an answer even when the output has no box, in this order: a
+# Minerva-style "final answer is $...$", the last box, "the answer is ...", and the last number of the output. The
+# functions below implement that order (our code); the extracted answer is then graded with math-verify like a box.
+
+# "The final answer is $42$. I hope it is correct." (Minerva's few-shot answer format).
+_FINAL_ANSWER_DOLLARS = re.compile(r"final answer is\s*\$\$?(.+?)\$", re.IGNORECASE | re.DOTALL)
+# "The answer is 42", "the final answer is: 42", "So my answer is 42".
+_ANSWER_IS = re.compile(r"\banswer\s+is\b", re.IGNORECASE)
+# A math span at the start of an answer phrase: `$...$`, `$$...$$`, `\(...\)`, `\[...\]`.
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# A number followed only by words, e.g. `18 dollars`: the words are units.
+_NUMBER_THEN_WORDS = re.compile(r"(-?\d[\d,]*(?:\.\d+)?)\s+[A-Za-z][A-Za-z\s]*")
+# Numbers; thousands separators are removed first.
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+# What an answer phrase ends with, outside brackets: a full stop, comma or semicolon before a space, or a line break.
+_PHRASE_END = re.compile(r"[.,;](?=\s|$)|\n")
+
+
+def _answer_phrase(rest: str) -> str | None:
+    """The answer written after "the answer is": a math span, or the text up to the end of the sentence."""
+    rest = rest.lstrip().lstrip(":").strip()
+    span = _MATH_SPAN.match(rest)
+    if span:
+        return next(group for group in span.groups() if group is not None).strip() or None
+    depth, end = 0, len(rest)
+    for position, char in enumerate(rest):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0 and _PHRASE_END.match(rest, position):
+            end = position
+            break
+    phrase = rest[:end].strip().strip("$").strip()
+    units = _NUMBER_THEN_WORDS.fullmatch(phrase)
+    if units:
+        phrase = units.group(1)
+    return phrase or None
+
+
+def extract_answer_with_fallbacks(text: str | None) -> tuple[str | None, str | None]:
+    r"""
+    Reads the final answer of a model output the way the math-evaluation-harness protocol does, falling back when
+    there is no box.
+
+    The order: a "final answer is $...$" pattern, then the last closed `\boxed{}` (as [`extract_answer`]), then the
+    phrase after the last "answer is" (a math span, or the text up to the end of its sentence; a number followed by
+    words such as `18 dollars` keeps the number), then the last number of the output (thousands separators removed).
+
+    Args:
+        text (`str` or `None`): The model output.
+
+    Returns:
+        `tuple[str | None, str | None]`: The answer and the rule that found it (`final_answer`, `boxed`, `answer_is`,
+        `last_number`); `(None, None)` when nothing was found.
+    """
+    if not text:
+        return None, None
+    finals = _FINAL_ANSWER_DOLLARS.findall(text)
+    if finals and finals[-1].strip():
+        return finals[-1].strip(), "final_answer"
+    boxed = extract_answer(text)
+    if boxed:
+        return boxed, "boxed"
+    phrases = list(_ANSWER_IS.finditer(text))
+    if phrases:
+        answer = _answer_phrase(text[phrases[-1].end() :])
+        if answer:
+            return answer, "answer_is"
+    numbers = _NUMBER.findall(_THOUSANDS.sub("", text))
+    if numbers:
+        return numbers[-1], "last_number"
+    return None, None
+
+
+def verify_answer(answer: str | None, gold_parsed: list) -> bool:
+    """
+    Grades an already extracted answer against an already parsed reference (see [`parse_gold`]) with math-verify.
+
+    Args:
+        answer (`str` or `None`): The extracted answer (the content of a box, or what a fallback read).
+        gold_parsed (`list`): The parsed reference.
+
+    Returns:
+        `bool`: Whether the answer equals the reference; `False` for no answer or one math-verify cannot read.
+    """
+    if not answer:
+        return False
+    parsed = parse_prediction(answer)
+    if not parsed:
+        return False
+    _, verify_timeout = _timeouts()
+    try:
+        # The order matters: math-verify compares asymmetrically (the reference first).
+        return bool(verify(gold_parsed, parsed, timeout_seconds=verify_timeout))
+    except Exception as error:  # noqa: BLE001 - a checker crash on one odd answer must not end an evaluation
+        logger.debug("math-verify failed on %r: %s", answer, error)
+        return False

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..backends import PROMPT_FORMATS, BackendSettings, Sampling, check_overrides
 from ..templates import EVAL_COMPLETION_TEMPLATE, EVAL_SYSTEM_PROMPT, check_template
+from .protocols import PROTOCOLS, Protocol, get_protocol, new_problem_stops
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +116,25 @@ class EvalConfig(BackendSettings):
         prompt_format (`str`): `auto` (the chat template when the model has one), `chat` or `completion`.
         base_url (`str`), api_key_env (`str`): The `openai` backend's server and the variable holding its key.
 
+    Protocol:
+        protocol (`str`): The preset (`cgd_trainer.evaluation.protocols`): `strict` (the default: our instruction,
+            the last box graded with math-verify, an output without a box is wrong) or `harness` (the
+            math-evaluation-harness protocol of the published Qwen2.5-Math/CFT/CGD numbers: its instruction, answers
+            read with its fallbacks, completion prompts stopped at a new problem). It sets defaults only:
+            `system_prompt`, `stop` and `stop_token_ids` set explicitly win. Every sample is graded under both.
+        stop (`list[str]`): Strings that end an output. Default: the preset's (`harness`: a new line starting like
+            the completion template's problem header, for completion prompts; none for chat); `[]`: none.
+        stop_token_ids (`list[int]`): Token ids that end an output. Default: the backend's (local models: the chat
+            template's end-of-turn token and every eos id; servers: their own); set them for a server whose model
+            does not list its end-of-turn token as eos (e.g. `[151645, 151643]` for Qwen, `[128009]` for Llama 3).
+
     Benchmarks and prompts:
         benchmarks (`list[str]`): Registry names, local files, hub ids `owner/name[:config][@split]`, or
             `builtin:demo` (the demo records' questions: an offline smoke test).
         question_field, answer_field, id_field, split: Columns (and split) of local files and hub datasets.
         max_problems (`int`): Evaluate only the first problems of each benchmark.
-        system_prompt (`str`): Instruction for chat models (the default asks for steps and a boxed answer); an empty
-            string sends no system message.
+        system_prompt (`str`): Instruction for chat models (default: the preset's, asking for steps and a boxed
+            answer); an empty string sends no system message.
         instruction_in_user (`bool`): Put the instruction after the question in the user turn instead (models without
             a system role).
         completion_template (`str`): Prompt of models without a chat template, with `{instruction}` and `{question}`
@@ -158,6 +171,14 @@ class EvalConfig(BackendSettings):
     id_field: str | None = field(default=None, metadata={"help": "Id column of local/hub data."})
     split: str | None = field(default=None, metadata={"help": "Split of hub datasets named without @split."})
     max_problems: int | None = field(default=None, metadata={"help": "First problems only, per benchmark."})
+    protocol: str = field(
+        default="strict",
+        metadata={"help": f"Protocol preset: {', '.join(PROTOCOLS)} (explicit settings override its defaults)."},
+    )
+    stop: list[str] | None = field(default=None, metadata={"help": "Stop strings (default: the preset's; [] none)."})
+    stop_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Stop token ids (default: the backend's end-of-turn and eos ids)."}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "System instruction ('' for none)."})
     instruction_in_user: bool = field(default=False, metadata={"help": "Instruction after the question instead."})
     completion_template: str = field(
@@ -181,6 +202,9 @@ class EvalConfig(BackendSettings):
         super().__post_init__()
         if self.backend not in EVAL_BACKENDS:
             raise ValueError(f"`backend` must be transformers, vllm or openai, got {self.backend!r}.")
+        get_protocol(self.protocol)  # an unknown preset fails here, with the valid names
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}.")
         if self.temperature < 0:
@@ -208,8 +232,14 @@ class EvalConfig(BackendSettings):
         check_models(parse_models(self.models, self.backend))
 
     @property
+    def preset(self) -> Protocol:
+        """The protocol preset named by `protocol`."""
+        return get_protocol(self.protocol)
+
+    @property
     def instruction(self) -> str:
-        return DEFAULT_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt
+        """The instruction sent: `system_prompt` when set, else the preset's."""
+        return self.preset.instruction if self.system_prompt is None else self.system_prompt
 
     @property
     def ks(self) -> list[int]:
@@ -225,12 +255,31 @@ class EvalConfig(BackendSettings):
 
     @property
     def sampling(self) -> Sampling:
+        """The decoding settings of chat prompts (see [`sampling_for`])."""
+        return self.sampling_for(chat=True)
+
+    def sampling_for(self, chat: bool) -> Sampling:
+        """
+        The decoding settings of one model's requests.
+
+        Args:
+            chat (`bool`): Whether the model gets chat messages (else completion prompts).
+
+        Returns:
+            [`Sampling`]: `stop` and `stop_token_ids` as set; when unset, the preset's stop strings (for completion
+            prompts under `harness`) and the backend's default stop ids (`None`).
+        """
+        stop = self.stop
+        if stop is None and not chat and self.preset.stop_at_new_problem:
+            stop = list(new_problem_stops(self.completion_template))
         return Sampling(
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_new_tokens,
             n=self.num_samples,
             seed=self.seed,
+            stop=None if stop is None else tuple(stop),
+            stop_token_ids=None if self.stop_token_ids is None else tuple(self.stop_token_ids),
         )
 
     def public_dict(self) -> dict[str, Any]:

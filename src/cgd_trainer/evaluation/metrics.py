@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..grading import extract_answer
+from .protocols import PROTOCOLS
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -38,14 +39,16 @@ def score_samples(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1,)) -
     Accuracy metrics of one model on one benchmark from its graded samples.
 
     Args:
-        rows (`Sequence[Mapping]`): One per sample, with `id`, `sample` (index), `correct` and optionally `error`.
+        rows (`Sequence[Mapping]`): One per sample, with `id`, `sample` (index), `correct` and optionally `error`
+            and `correct_<preset>` (the grade under each protocol preset).
         ks (`Sequence[int]`): The k of pass@k; values above the smallest number of samples of a problem are skipped.
 
     Returns:
         `dict`: `problems`, `samples_per_problem`, `accuracy` (mean over problems of the fraction of correct samples:
         greedy pass@1 when there is one sample), `pass@k` (`{k: value}`, averaged over problems),
         `sample_accuracy_mean` and `sample_accuracy_sd` (accuracy of sample index j over all problems, then mean and
-        sample standard deviation across the j), `correct_samples`, `failed_samples`, `failed_problems`.
+        sample standard deviation across the j), `correct_samples`, `failed_samples`, `failed_problems`, and
+        `accuracy_by_protocol` (`{preset: accuracy}` for the presets every row has a `correct_<preset>` for).
     """
     by_problem: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -60,9 +63,16 @@ def score_samples(rows: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1,)) -
         "correct_samples": sum(bool(row["correct"]) for row in rows),
         "failed_samples": sum(bool(row.get("error")) for row in rows),
         "failed_problems": sum(any(r.get("error") for r in group) for group in by_problem.values()),
+        "accuracy_by_protocol": {},
     }
     if not by_problem:
         return result
+    for name in PROTOCOLS:  # the same accuracy (mean over problems of the correct fraction) under each preset
+        field = f"correct_{name}"
+        if all(field in row for row in rows):
+            result["accuracy_by_protocol"][name] = statistics.fmean(
+                sum(bool(r[field]) for r in group) / len(group) for group in by_problem.values()
+            )
     counts = [(len(group), sum(bool(r["correct"]) for r in group)) for group in by_problem.values()]
     n_min = min(n for n, _ in counts)
     result["samples_per_problem"] = n_min if n_min == max(n for n, _ in counts) else [n_min, max(n for n, _ in counts)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import CRITIQUE_DETECTORS
+from .protocols import PROTOCOLS, get_protocol
 
 
 def _pyplot():
@@ -134,7 +135,8 @@ def plot_checkpoint_accuracy(
 
 def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.png") -> str:
     """
-    The markdown report of an evaluation: accuracy table (models x benchmarks), pass@k, format drift, data notes.
+    The markdown report of an evaluation: the protocol preset, accuracy table (models x benchmarks), the accuracy
+    under every preset side by side, pass@k, format drift, data notes.
 
     Args:
         summary (`Mapping`): What [`~cgd_trainer.evaluation.evaluate`] writes to `summary.json`.
@@ -154,9 +156,11 @@ def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.
             f"sampling (temperature {decoding['temperature']}, top_p {decoding['top_p']}, seed {decoding['seed']}), "
             f"{decoding['num_samples']} samples per problem"
         )
+    preset = get_protocol(summary.get("config", {}).get("protocol", "strict"))
     lines += [
-        f"Decoding: {mode}; at most {decoding['max_new_tokens']} new tokens. Answers: last `\\boxed{{}}` of the "
-        "output, graded with math-verify. Accuracy in %.",
+        f"Protocol: **{preset.name}** (comparable with {preset.comparable_with}). Answers: {preset.answers}.",
+        "",
+        f"Decoding: {mode}; at most {decoding['max_new_tokens']} new tokens. Accuracy in %.",
         "",
         "## Accuracy",
         "",
@@ -168,6 +172,7 @@ def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.
     lines += [markdown_table(["model", *benchmarks, "average"], rows), ""]
     if plot_name:
         lines += [f"![accuracy per benchmark]({plot_name})", ""]
+    lines += _gradings_table(results, benchmarks, preset.name)
     if decoding["num_samples"] > 1:
         ks = decoding["pass_k"]
         lines += ["## Sampled pass@k", "", "Per-sample accuracy is the mean ± sd over the sample indices.", ""]
@@ -227,6 +232,32 @@ def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.
         for m in summary["models"]
     ]
     return "\n".join(lines) + "\n"
+
+
+def _gradings_table(results: Mapping[str, Any], benchmarks: Sequence[str], chosen: str) -> list[str]:
+    """The accuracy of every model under every protocol preset, one row per model and preset (nothing without)."""
+    rows = []
+    for label, per_benchmark in results.items():
+        for name in PROTOCOLS:
+            values = [per_benchmark.get(b, {}).get("accuracy_by_protocol", {}).get(name) for b in benchmarks]
+            if all(value is None for value in values):
+                continue
+            present = [value for value in values if value is not None]
+            average = sum(present) / len(present) if present else None
+            marker = f"{name} (reported)" if name == chosen else name
+            rows.append([label, marker, *[percent(value) for value in values], percent(average)])
+    if not rows:
+        return []
+    return [
+        "## Gradings side by side",
+        "",
+        "The same outputs graded under each protocol preset (`correct_<preset>` in `samples.jsonl`). `strict` reads "
+        'only the last box; `harness` falls back to "final answer is $...$", "the answer is ..." and the last '
+        "number when there is no box.",
+        "",
+        markdown_table(["model", "grading", *benchmarks, "average"], rows),
+        "",
+    ]
 
 
 def render_selection_report(selection: Mapping[str, Any], plot_name: str | None = "selection.png") -> str:

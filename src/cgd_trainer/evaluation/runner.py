@@ -16,14 +16,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backends import Backend, Request, make_backend
-from ..grading import extract_answer, grade_parsed
-from ..sources import JsonlAppender, is_builtin, resolve_model, write_jsonl
+from ..backends import Backend, Request, make_backend, request_key
+from ..sources import is_builtin, resolve_model
 from ..templates import fill
 from .benchmarks import Benchmark, Problem, benchmark_info, load_problems, resolve_benchmark
 from .config import EvalConfig, ModelSpec, backend_options, parse_models
 from .metrics import drift_metrics, score_samples
+from .protocols import grade_sample
 from .report import percent, plot_benchmark_accuracy, render_report
+from .samples import SampleStore
 from .selection import select_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -59,70 +60,113 @@ def generate_and_grade(
     label: str,
     problems: Mapping[str, Sequence[Problem]],
     config: EvalConfig,
-    samples: JsonlAppender | None = None,
+    samples: SampleStore | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """
     Generates the outputs of one model on several benchmarks and grades them.
 
-    Problems with an unparsable reference are skipped (they are counted by the caller). All benchmarks go out in one
-    call so that batched and concurrent backends stay busy.
+    Problems with an unparsable reference are skipped (they are counted by the caller). Problems whose samples are
+    all in `samples` already (an earlier, interrupted run) are not sent again; their outputs are graded anew. All other
+    benchmarks' problems go out in one call so that batched and concurrent backends stay busy.
 
     Args:
         backend ([`Backend`]): The model's backend.
         label (`str`): The model's label.
         problems (`Mapping[str, Sequence[Problem]]`): Problems per benchmark.
         config ([`EvalConfig`]): Prompt and decoding settings.
-        samples ([`~cgd_trainer.sources.JsonlAppender`], *optional*): Where each graded sample is appended as it
-            arrives.
+        samples ([`SampleStore`], *optional*): Where each graded sample is appended as it arrives, and finished ones
+            are found.
 
     Returns:
-        `dict[str, list[dict]]`: Per benchmark, one row per sample (see [`score_samples`] for the fields).
+        `dict[str, list[dict]]`: Per benchmark, one row per sample in problem order (see [`score_samples`] for the
+        fields).
     """
     from tqdm.auto import tqdm
 
     chat = backend.uses_chat
-    sampling = config.sampling
-    lookup: dict[str, tuple[str, Problem, Any]] = {}
+    sampling = config.sampling_for(chat)  # the preset's stops depend on the prompt form
+    lookup: dict[str, tuple[str, Problem, Any, str]] = {}
+    order: dict[tuple[str, str], int] = {}
     requests = []
+    rows: dict[str, list[dict[str, Any]]] = {benchmark: [] for benchmark in problems}
     for benchmark, items in problems.items():
         for problem in items:
             if problem.gold_parsed is None:
                 continue
+            order[benchmark, problem.id] = len(order)
             prompt = build_prompt(problem.question, config, chat)
             request_id = f"{benchmark}/{problem.id}"
-            lookup[request_id] = (benchmark, problem, prompt)
             if isinstance(prompt, str):
-                requests.append(Request(request_id, prompt=prompt, sampling=sampling))
+                request = Request(request_id, prompt=prompt, sampling=sampling)
             else:
-                requests.append(Request(request_id, messages=prompt, sampling=sampling))
-    rows: dict[str, list[dict[str, Any]]] = {benchmark: [] for benchmark in problems}
+                request = Request(request_id, messages=prompt, sampling=sampling)
+            key = request_key(backend, request)
+            stored = samples.finished(key, sampling.n) if samples is not None else None
+            if stored is not None:
+                for index, row in enumerate(stored):
+                    rows[benchmark].append(
+                        _sample_row(
+                            label, benchmark, problem, index, prompt, row["output"], None, key, config.protocol
+                        )
+                    )
+                continue
+            lookup[request_id] = (benchmark, problem, prompt, key)
+            requests.append(request)
+    if len(requests) < len(order):
+        logger.info(
+            "%s: %d of %d problems already done in %s; sending the other %d.",
+            label,
+            len(order) - len(requests),
+            len(order),
+            samples.path,
+            len(requests),
+        )
     progress = tqdm(total=len(requests), desc=f"eval {label}", unit="problem", file=sys.stderr)
-    for reply in backend.generate(requests):
-        benchmark, problem, prompt = lookup[reply.request.id]
+    for reply in backend.generate(requests) if requests else ():
+        benchmark, problem, prompt, key = lookup[reply.request.id]
         texts: list[str | None] = list(reply.texts) if reply.ok else []
         error = reply.error
         if reply.ok and len(texts) != sampling.n:
             error = f"the backend returned {len(texts)} outputs instead of {sampling.n}"
         texts += [None] * (sampling.n - len(texts))
         for index, text in enumerate(texts[: sampling.n]):
-            row = {
-                "model": label,
-                "benchmark": benchmark,
-                "id": problem.id,
-                "sample": index,
-                "prompt": prompt,
-                "output": text,
-                "extracted": extract_answer(text),
-                "gold": problem.gold,
-                "correct": bool(text is not None and grade_parsed(text, problem.gold_parsed)),
-                "error": error if text is None else None,
-            }
+            error_text = error if text is None else None
+            row = _sample_row(label, benchmark, problem, index, prompt, text, error_text, key, config.protocol)
             rows[benchmark].append(row)
             if samples is not None:
                 samples.append(row)
         progress.update(1)
     progress.close()
+    for benchmark, items in rows.items():  # the same order however the replies arrived, or were resumed
+        items.sort(key=lambda row: (order[benchmark, row["id"]], row["sample"]))
     return rows
+
+
+def _sample_row(
+    label: str,
+    benchmark: str,
+    problem: Problem,
+    index: int,
+    prompt: Any,
+    text: str | None,
+    error: str | None,
+    key: str,
+    protocol: str = "strict",
+) -> dict[str, Any]:
+    """One graded sample: what was asked, what came back, its grade, and the key it is stored under."""
+    return {
+        "model": label,
+        "benchmark": benchmark,
+        "id": problem.id,
+        "sample": index,
+        "prompt": prompt,
+        "output": text,
+        "gold": problem.gold,
+        # `extracted`, `extracted_by` and `correct` under the chosen preset, and `correct_<preset>` under each.
+        **grade_sample(text, problem.gold_parsed, protocol),
+        "error": error,
+        "key": key,
+    }
 
 
 # --- one model -------------------------------------------------------------------------------------------------------
@@ -165,7 +209,7 @@ def run_model(
     spec: ModelSpec,
     problems: Mapping[str, Sequence[Problem]],
     config: EvalConfig,
-    samples: JsonlAppender | None = None,
+    samples: SampleStore | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """
     Loads one model, generates and grades its outputs on the benchmarks, and frees it.
@@ -174,7 +218,7 @@ def run_model(
         spec ([`ModelSpec`]): The model.
         problems (`Mapping[str, Sequence[Problem]]`): Problems per benchmark.
         config ([`EvalConfig`]): The configuration.
-        samples ([`~cgd_trainer.sources.JsonlAppender`], *optional*): Where each graded sample is appended.
+        samples ([`SampleStore`], *optional*): Where each graded sample is appended, and finished ones are found.
 
     Returns:
         `tuple[dict, dict]`: The rows per benchmark (see [`generate_and_grade`]) and the model's provenance for the
@@ -244,10 +288,10 @@ def evaluate(config: EvalConfig, extra_models: Sequence[ModelSpec] = ()) -> dict
     drift: dict[str, Any] = {}
     drift_per_benchmark: dict[str, dict[str, Any]] = {}
     models_info = []
+    every_row: list[dict[str, Any]] = []
     started = time.time()
-    samples_path = output_dir / "samples.jsonl"
-    write_jsonl(samples_path, ())  # a rerun starts the file afresh; the appender then adds to it
-    with JsonlAppender(samples_path) as samples:
+    # A rerun (after a crash, or with more models) reuses the samples that finished and sends only the others.
+    with SampleStore(output_dir / "samples.jsonl") as samples:
         for spec in specs:
             rows, info = run_model(spec, problems, config, samples)
             models_info.append(info)
@@ -258,6 +302,8 @@ def evaluate(config: EvalConfig, extra_models: Sequence[ModelSpec] = ()) -> dict
             }
             for name, metrics in results[spec.label].items():
                 logger.info("%s on %s: accuracy %s%%", spec.label, name, percent(metrics["accuracy"]))
+            every_row += [row for items in rows.values() for row in items]
+        samples.rewrite(every_row)  # exactly this run's samples
 
     average = {}
     for label, per_benchmark in results.items():
@@ -281,6 +327,7 @@ def evaluate(config: EvalConfig, extra_models: Sequence[ModelSpec] = ()) -> dict
         "average": average,
         "drift": drift,
         "drift_per_benchmark": drift_per_benchmark,
+        "failed_samples": sum(row["error"] is not None for row in every_row),
         "files": {"samples": "samples.jsonl", "report": "report.md"},
     }
     plot_name = None
@@ -308,7 +355,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     """
 
     def generate(
-        spec: ModelSpec, problems: Mapping[str, Sequence[Problem]], samples: JsonlAppender
+        spec: ModelSpec, problems: Mapping[str, Sequence[Problem]], samples: SampleStore
     ) -> dict[str, list[dict[str, Any]]]:
         return run_model(spec, problems, config, samples)[0]
 
