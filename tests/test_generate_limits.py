@@ -166,11 +166,11 @@ def test_stop_strings_against_transformers_serve(served_tiny):
     base_url, model = served_tiny
     backend = OpenAIBackend(model, base_url=base_url, concurrency=1)
     question = [{"role": "user", "content": "Question 3: what is 12 + 30? Show your work."}]
-    free = next(backend.generate([Request("a", messages=question, sampling=Sampling(max_tokens=16))]))
+    (free,) = backend.generate([Request("a", messages=question, sampling=Sampling(max_tokens=16))])
     text = free.texts[0]
     assert free.ok and len(text) > 8
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    cut = next(backend.generate([Request("b", messages=question, sampling=Sampling(max_tokens=16, stop=(stop,)))]))
+    (cut,) = backend.generate([Request("b", messages=question, sampling=Sampling(max_tokens=16, stop=(stop,)))])
     assert cut.ok and cut.texts[0] == text[: text.index(stop)]
 
 
@@ -221,17 +221,15 @@ def test_server_400_context_error_shrinks_the_budget_or_fails_when_the_prompt_al
 
 def test_v1_models_max_model_len_caps_the_budget():
     with ScriptedServer(context=100) as server:
-        reply = next(
-            fast_openai(server.base_url).generate(
-                [Request("a", messages=[{"role": "user", "content": "word " * 10}], sampling=Sampling(max_tokens=500))]
-            )
+        (reply,) = fast_openai(server.base_url).generate(
+            [Request("a", messages=[{"role": "user", "content": "word " * 10}], sampling=Sampling(max_tokens=500))]
         )
         first = server.bodies[0]["max_tokens"]
     assert first == 99  # read from /v1/models before any request
     assert reply.ok and reply.max_tokens == 90
     with ScriptedServer(context=100) as server:  # a configured context wins over the server's list
         backend = fast_openai(server.base_url, max_context=50)
-        next(backend.generate([Request("a", messages=[{"role": "user", "content": "hi"}], sampling=Sampling())]))
+        list(backend.generate([Request("a", messages=[{"role": "user", "content": "hi"}], sampling=Sampling())]))
         assert server.bodies[0]["max_tokens"] == 49
 
 

@@ -291,7 +291,10 @@ class OpenAIBackend(Backend):
             yield from iter(results.get, _FINISHED)
         finally:
             if thread.is_alive():  # the caller stopped early: cancel what is still in flight
-                loop.call_soon_threadsafe(main.cancel)
+                try:
+                    loop.call_soon_threadsafe(main.cancel)
+                except RuntimeError:  # the loop finished (and closed) in the meantime: nothing left to cancel
+                    pass
             thread.join()
         if failure:
             raise failure[0]
