@@ -70,8 +70,8 @@ PROTOCOLS: dict[str, Protocol] = {
         extract=_boxed_only,
         stop_at_new_problem=False,
         answers="the last closed `\\boxed{}` of the output, graded with math-verify; an output without a box is wrong",
-        comparable_with="other `cgd eval` runs with `protocol: strict` (lower than published numbers on models that "
-        "do not always box their answer)",
+        comparable_with="other `cgd eval` runs with `protocol: strict`; lower than the published numbers on models "
+        "that do not always box their answer",
     ),
     "harness": Protocol(
         name="harness",
@@ -80,8 +80,8 @@ PROTOCOLS: dict[str, Protocol] = {
         stop_at_new_problem=True,
         answers='"final answer is $...$", else the last closed `\\boxed{}`, else "the answer is ...", else the '
         "last number (the math-evaluation-harness order), graded with math-verify",
-        comparable_with="the published Qwen2.5-Math, CFT and CGD tables (math-evaluation-harness protocol; the "
-        "checker differs: math-verify instead of the harness's own)",
+        comparable_with="the published Qwen2.5-Math, CFT and CGD tables, made with the math-evaluation-harness; the "
+        "checker differs: math-verify here, the harness's own equality checker there",
     ),
 }
 

@@ -158,7 +158,7 @@ def render_report(summary: Mapping[str, Any], plot_name: str | None = "accuracy.
         )
     preset = get_protocol(summary.get("config", {}).get("protocol", "strict"))
     lines += [
-        f"Protocol: **{preset.name}** (comparable with {preset.comparable_with}). Answers: {preset.answers}.",
+        f"Protocol: **{preset.name}**. Answers: {preset.answers}. Comparable with {preset.comparable_with}.",
         "",
         f"Decoding: {mode}; at most {decoding['max_new_tokens']} new tokens. Accuracy in %.",
         "",
