@@ -3,6 +3,7 @@
 import copy
 import io
 import json
+import logging
 
 import pytest
 from datasets import Dataset
@@ -92,7 +93,10 @@ def _recipe(tmp_path, tiny_dirs, records):
 def test_cgd_inspect_command(tmp_path, tiny_dirs, capsys):
     records = _records()
     recipe = _recipe(tmp_path, tiny_dirs, records)
+    levels = [logging.getLogger(name).level for name in ("cgd_trainer.trainer", "cgd_trainer.collator")]
     assert cli(["inspect", "--config", recipe, "--index", "3", "--count", "3", "--color", "never"]) == 0
+    # Its quiet preparation leaves the caller's logging as it was.
+    assert [logging.getLogger(name).level for name in ("cgd_trainer.trainer", "cgd_trainer.collator")] == levels
     out = capsys.readouterr().out
     assert "record 3: shortened to fit" in out and "of max_length=320" in out
     assert "record 4: kept" in out

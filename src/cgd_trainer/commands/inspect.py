@@ -12,8 +12,10 @@ shortened to fit, or dropped.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import EXIT_OK
@@ -102,17 +104,16 @@ def run(argv: list[str], prog: str = "cgd inspect", stream=None) -> list[dict | 
     tokenizer = _load_tokenizer(model_args, training_args)
     training_args.dataset_num_proc = None  # a few records: worker processes would only cost time
 
-    import logging
+    with _quiet():
+        return _show(records, options, tokenizer, training_args, stream)
 
+
+def _show(records: list[dict], options: InspectArguments, tokenizer, training_args, stream) -> list[dict | None]:
     from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar
 
     from ..collator import CritiqueCollator
     from ..trainer import DROPPED, SHORTENED, prepare_records
 
-    disable_progress_bar()
-    logging.getLogger("cgd_trainer.trainer").setLevel(logging.ERROR)  # one-record counts, shown per record below
-    logging.getLogger("cgd_trainer.collator").setLevel(logging.WARNING)  # the layout, shown per record below
     color = options.color == "always" or (options.color == "auto" and _is_terminal(stream))
     marks = "in colour" if color else f"between {TRAINED_OPEN} and {TRAINED_CLOSE}"
     print(f"Trained tokens are shown {marks}; everything else is context the loss does not train.", file=stream)
@@ -128,6 +129,27 @@ def run(argv: list[str], prog: str = "cgd inspect", stream=None) -> list[dict | 
             print(render(tokenizer, row["input_ids"], row["labels"], color), file=stream)
         rows.append(row)
     return rows
+
+
+@contextmanager
+def _quiet():
+    # Per-record counts and the layout are shown in each record's header: the preparation's own messages and progress
+    # bars are held back while it runs, and restored after (a caller's logging is left as it was).
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    loggers = {name: logging.getLogger(name) for name in ("cgd_trainer.trainer", "cgd_trainer.collator")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    bars = is_progress_bar_enabled()
+    loggers["cgd_trainer.trainer"].setLevel(logging.ERROR)
+    loggers["cgd_trainer.collator"].setLevel(logging.WARNING)
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        if bars:
+            enable_progress_bar()
 
 
 def _is_terminal(stream) -> bool:
