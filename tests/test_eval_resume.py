@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from cgd_trainer.cli import main as cli
 from cgd_trainer.demo.problems import generate_records
@@ -124,3 +125,33 @@ def test_benchmarks_by_name_for_decontamination_and_offline_files(tmp_path, caps
     assert status == 2 and "--decontaminate math500" in error and "cgd benchmarks --write math500" in error
     assert cli(["build", "--input", str(records), "--output_dir", str(out), "--decontaminate", "nosuch"]) == 2
     assert "not a registry name" in capsys.readouterr().err
+
+
+def test_each_model_is_released_before_the_next_loads(tmp_path, monkeypatch):
+    # Several local models (or checkpoints) in one process: each engine is closed before the next one is built, so
+    # that a GPU holds one model at a time (`VLLMBackend.close()` shuts its engine down the same way).
+    from cgd_trainer.backends import TransformersBackend
+
+    events = []
+    built, closed = TransformersBackend.__init__, TransformersBackend.close
+
+    def build(self, model, *args, **kwargs):
+        events.append(("open", Path(model).parent.name))
+        built(self, model, *args, **kwargs)
+
+    def close(self):
+        events.append(("close", Path(self.model).parent.name))
+        closed(self)
+
+    monkeypatch.setattr(TransformersBackend, "__init__", build)
+    monkeypatch.setattr(TransformersBackend, "close", close)
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "models:\n  - {model: 'builtin:tiny-chatml', label: first}\n"
+        "  - {model: 'builtin:tiny-llama3', label: second}\n"
+        "benchmarks: ['builtin:demo']\nmax_problems: 2\nmax_new_tokens: 4\nplot: false\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    assert cli(["eval", "--config", str(config)]) == 0
+    first, second = "tiny-chatml", "tiny-llama3"
+    assert events == [("open", first), ("close", first), ("open", second), ("close", second)]

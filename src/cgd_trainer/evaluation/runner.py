@@ -84,7 +84,9 @@ def generate_and_grade(
     from tqdm.auto import tqdm
 
     chat = backend.uses_chat
-    sampling = config.sampling_for(chat)  # the preset's stops depend on the prompt form
+    # The preset's stops depend on the prompt form; unset ones become the backend's defaults (the model's end-of-turn
+    # and eos ids), so that the keys of stored samples change with them.
+    sampling = backend.resolve(config.sampling_for(chat))
     lookup: dict[str, tuple[str, Problem, Any, str]] = {}
     order: dict[tuple[str, str], int] = {}
     requests = []
