@@ -18,39 +18,13 @@ from datasets import load_dataset
 from cgd_trainer.backends import OpenAIBackend, Request, Sampling, TransformersBackend, make_backend
 from cgd_trainer.commands.generate import run as cli_main
 from cgd_trainer.demo.problems import demo_data_path
-from cgd_trainer.pipeline import GenerateConfig, Pipeline, StageStore
+from cgd_trainer.pipeline import GenerateConfig, StageStore
 from cgd_trainer.records import parse_verdict, strip_thinking
+from generate_helpers import fast_openai, read_jsonl
+from generate_helpers import run_pipeline as run
 from servers import ScriptedServer
 
 DEMO = [json.loads(line) for line in demo_data_path().read_text("utf-8").splitlines()]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
-def run(tmp_path: Path, student=None, teacher=None, **overrides) -> dict:
-    settings = dict(
-        dataset_name="builtin:demo",
-        id_field="id",
-        reference_field="reference_answer",
-        output_dir=str(tmp_path / "out"),
-        student_backend="demo",
-        teacher_backend="demo",
-        max_new_tokens=32,
-    )
-    settings.update(overrides)
-    pipeline = Pipeline(GenerateConfig(**settings), student=student, teacher=teacher)
-    try:
-        return pipeline.run()
-    finally:
-        pipeline.close()
-
-
-def fast_openai(base_url: str, model: str = "teacher", **options) -> OpenAIBackend:
-    defaults = dict(base_url=base_url, concurrency=4, max_retries=3, timeout=5.0, backoff_base=0.01, backoff_max=0.05)
-    defaults.update(options)
-    return OpenAIBackend(model, **defaults)
 
 
 # --- prompts ---------------------------------------------------------------------------------------------------------

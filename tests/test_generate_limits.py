@@ -4,7 +4,6 @@ that answers like vLLM."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -14,38 +13,14 @@ import pytest
 from cgd_trainer.backends import Request, Sampling, TransformersBackend
 from cgd_trainer.backends.local import end_of_turn_token
 from cgd_trainer.backends.openai import OpenAIBackend, context_error
-from cgd_trainer.pipeline import GenerateConfig, Pipeline
+from cgd_trainer.pipeline import GenerateConfig
+from generate_helpers import fast_openai, read_jsonl, run_pipeline
 from helpers import build_model
 from servers import ScriptedServer, count_tokens
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
 def run(tmp_path: Path, student=None, teacher=None, **overrides) -> dict:
-    settings = dict(
-        dataset_name="builtin:demo",
-        id_field="id",
-        reference_field="reference_answer",
-        output_dir=str(tmp_path / "out"),
-        student_backend="demo",
-        teacher_backend="demo",
-        max_new_tokens=32,
-        max_records=3,
-    )
-    settings.update(overrides)
-    pipeline = Pipeline(GenerateConfig(**settings), student=student, teacher=teacher)
-    try:
-        return pipeline.run()
-    finally:
-        pipeline.close()
-
-
-def fast_openai(base_url: str, model: str = "teacher", **options) -> OpenAIBackend:
-    defaults = dict(base_url=base_url, concurrency=4, max_retries=3, timeout=5.0, backoff_base=0.01, backoff_max=0.05)
-    defaults.update(options)
-    return OpenAIBackend(model, **defaults)
+    return run_pipeline(tmp_path, student, teacher, **{"max_records": 3, **overrides})
 
 
 def save_model(tokenizer, family: str, path: Path, **config) -> str:

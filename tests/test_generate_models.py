@@ -3,7 +3,6 @@ closed as soon as no later stage needs them."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import types
@@ -11,31 +10,14 @@ from pathlib import Path
 
 from cgd_trainer.backends import Request, Sampling, TransformersBackend, make_backend
 from cgd_trainer.backends.local import model_fingerprint
-from cgd_trainer.pipeline import GenerateConfig, Pipeline
+from generate_helpers import read_jsonl, run_pipeline
 from helpers import build_model
 from servers import ScriptedServer
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
 def run(tmp_path: Path, student=None, teacher=None, **overrides) -> dict:
-    settings = dict(
-        dataset_name="builtin:demo",
-        id_field="id",
-        output_dir=str(tmp_path / "out"),
-        student_backend="transformers",
-        teacher_backend="demo",
-        max_new_tokens=4,
-        max_records=3,
-    )
-    settings.update(overrides)
-    pipeline = Pipeline(GenerateConfig(**settings), student=student, teacher=teacher)
-    try:
-        return pipeline.run()
-    finally:
-        pipeline.close()
+    settings = {"student_backend": "transformers", "max_new_tokens": 4, "max_records": 3, **overrides}
+    return run_pipeline(tmp_path, student, teacher, **settings)
 
 
 def save(tokenizer, path: Path, seed: int) -> str:

@@ -10,26 +10,13 @@ import pytest
 
 from cgd_trainer.commands.generate import main as generate_main
 from cgd_trainer.pipeline import GenerateConfig, Pipeline, load_items
+from generate_helpers import pipeline_settings as settings
 
 
 def write_questions(path: Path, n: int) -> Path:
     rows = [{"question": f"Question {i}: what is {i} + {2 * i}?", "answer": str(3 * i)} for i in range(n)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
     return path
-
-
-def settings(tmp_path: Path, **overrides) -> dict:
-    values = dict(
-        dataset_name="builtin:demo",
-        id_field="id",
-        reference_field="reference_answer",
-        output_dir=str(tmp_path / "out"),
-        student_backend="demo",
-        teacher_backend="demo",
-        max_new_tokens=32,
-    )
-    values.update(overrides)
-    return values
 
 
 def run(**values) -> dict:

@@ -183,19 +183,7 @@ def grade_parsed(prediction: str | None, gold_parsed: list) -> bool:
     Returns:
         `bool`: Whether the last box of the output equals the reference; `False` without a box.
     """
-    answer = extract_answer(prediction)
-    if not answer:
-        return False
-    parsed = parse_prediction(answer)
-    if not parsed:
-        return False
-    _, verify_timeout = _timeouts()
-    try:
-        # The order matters: math-verify compares asymmetrically (the reference first).
-        return bool(verify(gold_parsed, parsed, timeout_seconds=verify_timeout))
-    except Exception as error:  # noqa: BLE001 - a checker crash on one odd answer must not end an evaluation
-        logger.debug("math-verify failed on %r: %s", answer, error)
-        return False
+    return verify_answer(extract_answer(prediction), gold_parsed)
 
 
 def grade(prediction: str | None, gold: Any) -> bool | None:

@@ -56,16 +56,7 @@ def resolve_recipe(value: str) -> str:
     Raises:
         [`UsageError`]: when it is neither, listing the shipped recipes and the nearest one.
     """
-    if Path(value).is_file():
-        return value
-    name = value.removesuffix(".yaml")
-    names = recipe_names()
-    if name in names:
-        return recipe_path(name)
-    raise UsageError(
-        f"--config {value}: no such file, nor a recipe shipped with cgd-trainer.{did_you_mean(name, names)} "
-        f"Shipped recipes: {', '.join(names)}."
-    )
+    return _resolve(value, recipe_names(), recipe_path, "--config", "a recipe", "recipes")
 
 
 def resolve_accelerate_config(value: str) -> str:
@@ -81,13 +72,23 @@ def resolve_accelerate_config(value: str) -> str:
     Raises:
         [`UsageError`]: when it is neither, listing the shipped configs and the nearest one.
     """
+    return _resolve(
+        value,
+        accelerate_config_names(),
+        lambda name: str(_root() / ACCELERATE_DIR / f"{name}.yaml"),
+        "--accelerate_config",
+        "an accelerate config",
+        "configs",
+    )
+
+
+def _resolve(value: str, names: list[str], path_of, flag: str, what: str, plural: str) -> str:
     if Path(value).is_file():
         return value
     name = value.removesuffix(".yaml")
-    names = accelerate_config_names()
     if name in names:
-        return str(_root() / ACCELERATE_DIR / f"{name}.yaml")
+        return path_of(name)
     raise UsageError(
-        f"--accelerate_config {value}: no such file, nor an accelerate config shipped with cgd-trainer."
-        f"{did_you_mean(name, names)} Shipped configs: {', '.join(names)}."
+        f"{flag} {value}: no such file, nor {what} shipped with cgd-trainer.{did_you_mean(name, names)} "
+        f"Shipped {plural}: {', '.join(names)}."
     )
