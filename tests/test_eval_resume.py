@@ -155,3 +155,38 @@ def test_each_model_is_released_before_the_next_loads(tmp_path, monkeypatch):
     assert cli(["eval", "--config", str(config)]) == 0
     first, second = "tiny-chatml", "tiny-llama3"
     assert events == [("open", first), ("close", first), ("open", second), ("close", second)]
+
+
+def test_checkpoint_selection_resumes_per_checkpoint(tmp_path, tokenizers, monkeypatch):
+    # A selection run cut short (its last samples lost, a half-written line left): the rerun generates only those.
+    from cgd_trainer.backends import TransformersBackend
+    from helpers import build_model
+
+    root = tmp_path / "run"
+    for step in (1, 2):
+        build_model(tokenizers["chatml"], "chatml", seed=step).save_pretrained(root / f"checkpoint-{step}")
+        tokenizers["chatml"].save_pretrained(root / f"checkpoint-{step}")
+    heldout = str(Path(__file__).parent / "fixtures" / "mini_heldout.jsonl")
+    argv = ["eval", "--backend", "transformers", "--checkpoints_dir", str(root), "--include_final", "false"]
+    argv += ["--selection_benchmark", heldout, "--benchmarks", "builtin:demo", "--evaluate_selected", "false"]
+    argv += ["--max_new_tokens", "4", "--plot", "false", "--output_dir", str(tmp_path / "out")]
+    sent = []
+    generate = TransformersBackend.generate
+
+    def counted(self, requests):
+        sent.extend(request.id for request in requests)
+        yield from generate(self, requests)
+
+    monkeypatch.setattr(TransformersBackend, "generate", counted)
+    assert cli(argv) == 0
+    samples = tmp_path / "out" / "selection_samples.jsonl"
+    complete = samples.read_text("utf-8")
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    lines = complete.splitlines(keepends=True)
+    assert len(lines) == len(sent) == 8  # 4 problems x 2 checkpoints
+    samples.write_text("".join(lines[:-2]) + lines[-2][:25], "utf-8")  # as a kill during a write leaves it
+    sent.clear()
+    assert cli(argv) == 0
+    assert len(sent) == 2  # the two lost samples of checkpoint-2, nothing of checkpoint-1
+    assert samples.read_text("utf-8") == complete
+    assert json.loads((tmp_path / "out" / "selection.json").read_text()) == selection
