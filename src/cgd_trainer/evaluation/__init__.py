@@ -2,7 +2,9 @@ r"""`cgd eval`: the paper's maths evaluation protocol, format-drift metrics and 
 
 Protocol (arXiv 2505.11628, see `docs/evaluation.md`): zero-shot, a system instruction asking for step-by-step
 reasoning and a final answer in `\boxed{}`, greedy decoding and pass@1 (or sampled pass@k with the unbiased estimator),
-the last box of each output graded against the reference with `math-verify` (`cgd_trainer.grading`).
+answers graded against the reference with `math-verify` (`cgd_trainer.grading`) under a preset (`protocols`): `strict`
+reads the last box only, `harness` falls back as the published math-evaluation-harness does. Every finished sample is
+kept in `samples.jsonl` under its request key (`samples`), so that a rerun sends only what is missing.
 
 ```bash
 cgd eval --models Qwen/Qwen2.5-Math-7B cgd=runs/qwen-cgd --benchmarks math500 amc23 --backend vllm
@@ -14,7 +16,9 @@ Everything lands in `output_dir`: `samples.jsonl` (one line per output), `summar
 `accuracy.png`; with `checkpoints_dir`, also `selection.json`, `selection.md`, `selection.png` and
 `selection_samples.jsonl`.
 
-- `benchmarks`: the registry of benchmarks, how a name resolves, and loading problems;
+- `benchmarks`: the registry of benchmarks, how a name resolves, loading problems and writing them to JSONL;
+- `protocols`: the grading presets (`strict`, `harness`);
+- `samples`: the resumable samples file;
 - `config`: [`EvalConfig`] (the backends' shared settings come from `BackendSettings`) and the `models` list;
 - `metrics`: pass@k, per-benchmark scores and format-drift metrics;
 - `report`: the markdown reports and the plots;
