@@ -6,7 +6,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .base import Backend, Reply, Request, cut_at_stop, fit_budget, render_completion
-from .local import load_generation_config, model_context_length, model_fingerprint, model_stop_token_ids
+from .local import (
+    free_accelerator_memory,
+    load_generation_config,
+    model_context_length,
+    model_fingerprint,
+    model_stop_token_ids,
+)
 
 
 class TransformersBackend(Backend):
@@ -166,3 +172,4 @@ class TransformersBackend(Backend):
 
     def close(self) -> None:
         self._model = None
+        free_accelerator_memory()

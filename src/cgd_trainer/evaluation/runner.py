@@ -6,7 +6,6 @@ handed [`run_model`] rather than building its own.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import statistics
@@ -192,21 +191,6 @@ def open_backend(spec: ModelSpec, config: EvalConfig) -> Backend:
     return make_backend(spec.backend, model, **backend_options(config, spec.backend, spec.options))
 
 
-def _release(backend: Backend) -> None:
-    # Frees one model before the next is loaded (several models or checkpoints in one process).
-    try:
-        backend.close()
-    finally:
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-
 def run_model(
     spec: ModelSpec,
     problems: Mapping[str, Sequence[Problem]],
@@ -237,7 +221,7 @@ def run_model(
             "seconds": round(time.time() - started, 1),
         }
     finally:
-        _release(backend)
+        backend.close()  # frees the model (and its GPU memory) before the next one loads
     return rows, info
 
 
