@@ -192,10 +192,12 @@ SCRIPT = {  # mini_math problem -> output; GSM8K-style outputs without a box
 }
 
 
+# The fixture's question -> id, read once for the scripted server's replies.
+MINI_IDS = {json.loads(line)["problem"]: json.loads(line)["id"] for line in Path(MINI).read_text("utf-8").splitlines()}
+
+
 def _scripted_reply(messages):
-    question = messages[-1]["content"]
-    rows = {json.loads(line)["problem"]: json.loads(line)["id"] for line in Path(MINI).read_text("utf-8").splitlines()}
-    return SCRIPT.get(rows.get(question, ""), "I do not know.")
+    return SCRIPT.get(MINI_IDS.get(messages[-1]["content"], ""), "I do not know.")
 
 
 def test_cgd_eval_report_names_the_preset_and_shows_both_gradings(tmp_path):

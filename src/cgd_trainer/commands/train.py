@@ -11,6 +11,7 @@ again.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields
 
@@ -25,8 +26,11 @@ from .parser import (
 )
 from .recipes import recipe_path, resolve_accelerate_config, resolve_recipe
 
+logger = logging.getLogger(__name__)
+
 # The offline demo recipe, shipped inside the package: the demo's code is not imported for it.
 DEMO_RECIPE = "tiny/cpu"
+
 # Set in a process that is the training script itself (already launched): launch settings are then not acted on.
 LAUNCHED_ENV = "CGD_LAUNCHED"
 
@@ -151,13 +155,12 @@ def launch(argv: list[str], launch_args: LaunchArguments) -> int:
     Returns:
         `int`: The run's exit status (that of the first process that failed, if any did).
     """
-    import logging
     import subprocess
 
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     command = [*launch_args.accelerate_args(), "-m", "cgd_trainer.scripts.train", *without_launch_flags(argv)]
-    logging.getLogger(__name__).info("Running: accelerate launch %s", " ".join(command))
+    logger.info("Running: accelerate launch %s", " ".join(command))
     try:
         launch_command(launch_command_parser().parse_args(command))
     except subprocess.CalledProcessError as error:  # one process
@@ -166,7 +169,7 @@ def launch(argv: list[str], launch_args: LaunchArguments) -> int:
         failures = getattr(error, "failures", None)
         if not failures:
             raise
-        return next(iter(sorted(failures.items())))[1].exitcode or 1
+        return failures[min(failures)].exitcode or 1
     return EXIT_OK
 
 
@@ -176,9 +179,7 @@ def main(argv: list[str], prog: str | None = "cgd train") -> int:
     if launch_args.is_set():
         if not os.environ.get(LAUNCHED_ENV):
             return launch(argv, launch_args)
-        import logging
-
-        logging.getLogger(__name__).info(
+        logger.info(
             "Launch settings (accelerate_config, num_processes, ...) are read by `cgd train`; this process was "
             "already launched, so they are not used here."
         )
