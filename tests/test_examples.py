@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "src" / "cgd_trainer" / "recipes"
 RECIPES = sorted(path for path in RECIPE_DIR.glob("*/*.yaml") if path.parent.name != "accelerate_configs")
 ACCELERATE_CONFIGS = sorted((ROOT / "examples" / "accelerate_configs").glob("*.yaml"))
-# GPUs each paper-scale recipe assumes (its header comment says so), to check the global batch of 64.
-ASSUMED_GPUS = {"full.yaml": 8, "lora.yaml": 1, "qlora.yaml": 1}
+# GPUs each paper-scale recipe assumes (its header comment says so), to check the global batch of 64; an entry by
+# recipe name overrides the one by file name.
+ASSUMED_GPUS = {"full.yaml": 8, "lora.yaml": 1, "qlora.yaml": 1, "qwen2.5-1.5b-instruct/full.yaml": 1}
+# Recipes that batch records instead of packing rows: the small-scale comparison of docs/replicate.md, where every
+# condition must take the same number of steps.
+RECORD_BATCHES = {"qwen2.5-1.5b-instruct/full.yaml"}
 
 
 def _env():
@@ -50,6 +54,7 @@ def test_recipes_exist():
         "qwen2.5-math-7b/full.yaml",
         "qwen2.5-math-7b/lora.yaml",
         "qwen2.5-math-7b/qlora.yaml",
+        "qwen2.5-1.5b-instruct/full.yaml",
     } <= names
 
 
@@ -65,8 +70,9 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
     assert training.learning_rate == pytest.approx(values["learning_rate"])
     assert training.output_dir == str(tmp_path)
     if recipe.parent.name != "tiny":
-        assert training.packing and training.max_length == values["max_length"]
-        gpus = ASSUMED_GPUS[recipe.name]
+        name = str(recipe.relative_to(RECIPE_DIR))
+        assert training.packing == (name not in RECORD_BATCHES) and training.max_length == values["max_length"]
+        gpus = ASSUMED_GPUS.get(name, ASSUMED_GPUS[recipe.name])
         assert training.per_device_train_batch_size * training.gradient_accumulation_steps * gpus == 64
         assert f"{gpus} GPU" in recipe.read_text()
     if recipe.name == "full.yaml":
@@ -81,10 +87,11 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
 
 # The token each recipe's trained model must stop on, as its tokenizer and chat template define it (read from the
 # models' tokenizer_config.json and chat templates): `eos_token` in the recipe when the tokenizer's own eos is not the
-# end-of-turn token. Llama-3.1-8B-Instruct's tokenizer already ends on <|eot_id|>; Qwen2.5-Math-7B's ends text with
-# <|endoftext|> while its chat template closes turns with <|im_end|>.
+# end-of-turn token. Llama-3.1-8B-Instruct's tokenizer already ends on <|eot_id|>, Qwen2.5-1.5B-Instruct's on
+# <|im_end|>; Qwen2.5-Math-7B's ends text with <|endoftext|> while its chat template closes turns with <|im_end|>.
 STOP_TOKENS = {
     "Qwen/Qwen2.5-Math-7B": ("<|endoftext|>", "<|im_end|>"),
+    "Qwen/Qwen2.5-1.5B-Instruct": ("<|im_end|>", "<|im_end|>"),
     "meta-llama/Llama-3.1-8B-Instruct": ("<|eot_id|>", "<|eot_id|>"),
     "builtin:tiny-chatml": ("<|im_end|>", "<|im_end|>"),
 }
