@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Extra flags for the demo, e.g. `make demo DEMO_ARGS="--max_steps 5"` (CI runs it that way).
 DEMO_ARGS ?=
 
-.PHONY: install demo test bench quality format clean
+.PHONY: install demo replicate test bench quality format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,15 +19,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The whole method offline: generate CGD data (demo student and teacher), build the training sets, train a tiny model.
-# Each `make demo` trains afresh (`--overwrite_output_dir`); `cgd train` would refuse to rerun a finished run.
-DEMO_DATA ?= outputs/cgd-demo/data
-
+# The paper's comparison in miniature, offline: generate CGD data on the toy task (demo student and teacher), build the
+# training sets, train a small model from scratch on CGD and on distilled SFT, score both and the untrained model on
+# held-out questions, print the table (about 5 minutes on 2 cores). Each run retrains afresh.
 demo: install
-	$(VENV)/bin/cgd generate --config examples/pipeline/demo.yaml --output_dir $(DEMO_DATA)
-	$(VENV)/bin/cgd build --input $(DEMO_DATA)/records.jsonl --output_dir $(DEMO_DATA)/sets
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		examples/train.py --dataset_name $(DEMO_DATA)/sets/cgd.jsonl --overwrite_output_dir true $(DEMO_ARGS)
+	$(VENV)/bin/cgd demo $(DEMO_ARGS)
+
+# Every condition `cgd build` writes, 3 seeds each, on the demo's budget; report and plot in outputs/cgd-replicate.
+replicate: install
+	$(VENV)/bin/cgd demo --conditions all --seeds 0 1 2 --output_dir outputs/cgd-replicate $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest

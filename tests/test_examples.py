@@ -13,9 +13,15 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from cgd_trainer import CritiqueCollator, cli
 from cgd_trainer.commands.parser import UsageError
-from cgd_trainer.commands.train import LaunchArguments, make_parser, parse, with_default_recipe, without_launch_flags
+from cgd_trainer.commands.train import (
+    LaunchArguments,
+    demo_recipe,
+    make_parser,
+    parse,
+    with_default_recipe,
+    without_launch_flags,
+)
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
-from cgd_trainer.demo.run import demo_recipe_path
 from cgd_trainer.train import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +54,7 @@ def test_recipes_exist():
         assert (ROOT / "examples" / "recipes" / name).resolve() == (RECIPE_DIR / name).resolve()
     assert {
         "tiny/cpu.yaml",
+        "tiny/toy.yaml",
         "llama-3.1-8b-instruct/full.yaml",
         "llama-3.1-8b-instruct/lora.yaml",
         "llama-3.1-8b-instruct/qlora.yaml",
@@ -94,6 +101,7 @@ STOP_TOKENS = {
     "Qwen/Qwen2.5-1.5B-Instruct": ("<|im_end|>", "<|im_end|>"),
     "meta-llama/Llama-3.1-8B-Instruct": ("<|eot_id|>", "<|eot_id|>"),
     "builtin:tiny-chatml": ("<|im_end|>", "<|im_end|>"),
+    "builtin:tiny-digits": ("<|im_end|>", "<|im_end|>"),
 }
 
 
@@ -197,9 +205,9 @@ def test_all_accelerate_configs_shipped():
 
 
 def test_demo_recipe_is_the_tiny_recipe():
-    assert (ROOT / "examples" / "recipes" / "tiny" / "cpu.yaml").resolve() == demo_recipe_path().resolve()
-    assert with_default_recipe([]) == ["--config", str(demo_recipe_path())]
-    assert with_default_recipe(["--max_steps", "3"])[:2] == ["--config", str(demo_recipe_path())]
+    assert (ROOT / "examples" / "recipes" / "tiny" / "cpu.yaml").resolve() == Path(demo_recipe()).resolve()
+    assert with_default_recipe([]) == ["--config", demo_recipe()]
+    assert with_default_recipe(["--max_steps", "3"])[:2] == ["--config", demo_recipe()]
     assert with_default_recipe(["--config", "x.yaml"]) == ["--config", "x.yaml"]
     assert with_default_recipe(["--model_name_or_path", "m"]) == ["--model_name_or_path", "m"]
 
@@ -381,30 +389,6 @@ def test_model_only_checkpoints_are_not_resumed_as_if_exact(tmp_path):
     assert _train(*common).returncode == 0
     _crash_after(tmp_path, step=2)
     _refused(_train(*common), "model-only checkpoints", "save_only_model", "--resume_from_checkpoint")
-
-
-@pytest.mark.slow
-def test_cgd_demo_command(tmp_path):
-    output = tmp_path / "cli-demo"
-    log = _launch(
-        [
-            sys.executable,
-            "-m",
-            "cgd_trainer.cli",
-            "demo",
-            "--max_steps",
-            "2",
-            "--output_dir",
-            str(output),
-            "--save_strategy",
-            "no",
-        ]
-    )
-    assert "CGD training summary" in log and (output / "model.safetensors").exists()
-    # The whole chain ran: generated records, the built sets, and training on the CGD set.
-    assert "CGD generation summary (256 questions)" in log and "records written: 256" in log
-    assert (output / "data" / "records.jsonl").exists() and (output / "data" / "sets" / "cgd.jsonl").exists()
-    assert "records used: 256" in log
 
 
 def test_cli_usage(capsys):

@@ -21,9 +21,14 @@ LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv
 
 BUILTIN_PREFIX = "builtin:"
 # Built-in names -> "module:function" of the demo that provides them, imported only when such a name is used.
-BUILTIN_DATASETS = {"builtin:demo": "cgd_trainer.demo.problems:demo_data_path"}
+BUILTIN_DATASETS = {
+    "builtin:demo": "cgd_trainer.demo.problems:demo_data_path",
+    "builtin:toy": "cgd_trainer.demo.problems:toy_data_path",
+    "builtin:toy-heldout": "cgd_trainer.demo.problems:toy_heldout_path",
+}
 BUILTIN_MODELS = {
-    f"builtin:tiny-{family}": "cgd_trainer.demo.tiny:prepare_builtin_model" for family in ("chatml", "llama3", "plain")
+    f"builtin:tiny-{family}": "cgd_trainer.demo.tiny:prepare_builtin_model"
+    for family in ("chatml", "llama3", "plain", "digits")
 }
 
 

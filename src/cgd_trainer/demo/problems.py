@@ -22,6 +22,8 @@ from ..sources import dumps_row
 DEMO_SEED = 2505
 DEMO_SIZE = 256
 DEMO_FILE = "demo_cgd.jsonl"
+TOY_FILES = {"train": "toy_train.jsonl", "heldout": "toy_heldout.jsonl"}
+TOY_HELDOUT_SIZE = 160
 
 NAMES = ["Mia", "Leo", "Ava", "Noah", "Zara", "Omar", "Lena", "Ravi", "Ines", "Tomas", "Yuki", "Ada"]
 ITEMS = ["pencils", "stickers", "marbles", "cards", "shells", "stamps", "beads", "coins"]
@@ -67,6 +69,31 @@ PROBLEMS = [
 ]
 
 
+# The toy task of the demo that learns (`cgd demo`): the same two-step shape with digits 1-9 and an addition first,
+# small enough for a model trained from scratch on a CPU to learn. Its (a, b, c) triples are split once into training
+# and held-out questions (`toy_questions`).
+TOY_PROBLEMS = [
+    {
+        "values": {"name": NAMES, "item": ITEMS, "a": (1, 9), "b": (1, 9), "c": (1, 9)},
+        "first": "add",
+        "op": "subtract",
+        "question": "{name} has {a} {item}, finds {b} more, then gives {c} away. How many {item} does {name} have "
+        "now?",
+        "steps": ["{name} has {a} and finds {b}: {a} + {b} = {p} {item}.", "Giving {c} away: {p} − {c} = {r} {item}."],
+    },
+    {
+        "values": {"name": NAMES, "item": ITEMS, "a": (1, 9), "b": (1, 9), "c": (1, 9)},
+        "first": "add",
+        "op": "add",
+        "question": "{name} has {a} {item} and gets {b} more on Monday and {c} more on Tuesday. How many {item} does "
+        "{name} have?",
+        "steps": ["After Monday: {a} + {b} = {p} {item}.", "After Tuesday: {p} + {c} = {r} {item}."],
+    },
+]
+# The first step's operation: its sign and the word the critiques use for it.
+FIRST_STEPS = {"multiply": ("×", "multiplication"), "add": ("+", "addition")}
+
+
 def _problem(rng: random.Random) -> dict:
     """Draws a problem and its values, and works out its solution."""
     spec = rng.choice(PROBLEMS)
@@ -77,16 +104,24 @@ def _problem(rng: random.Random) -> dict:
 def _solve(spec: dict, values: dict) -> dict:
     """The question, worked steps and answer of a problem spec with its values."""
     values = dict(values)
-    product = values["a"] * values["b"]
+    first = spec.get("first", "multiply")
+    product = values["a"] * values["b"] if first == "multiply" else values["a"] + values["b"]
     answer = product - values["c"] if spec["op"] == "subtract" else product + values["c"]
     values.update(p=product, r=answer)
     return {
         "question": spec["question"].format(**values),
+        "first": first,
         "product": (values["a"], values["b"], product),
         "steps": [step.format(**values) for step in spec["steps"]],
         "answer": answer,
         "last": (spec["op"], product, values["c"]),
     }
+
+
+def slipped(problem: dict) -> int:
+    """The student's typical wrong first result: one group of `b` too many for a product, one too many for a sum."""
+    a, b, product = problem["product"]
+    return product + b if problem["first"] == "multiply" else product + 1
 
 
 def _question_pattern(template: str) -> re.Pattern:
@@ -104,7 +139,7 @@ def _question_pattern(template: str) -> re.Pattern:
     return re.compile(pattern + "$")
 
 
-_PATTERNS = [(_question_pattern(spec["question"]), spec) for spec in PROBLEMS]
+_PATTERNS = [(_question_pattern(spec["question"]), spec) for spec in PROBLEMS + TOY_PROBLEMS]
 
 
 def solve_question(question: str) -> dict | None:
@@ -130,19 +165,22 @@ def draft_answer(problem: dict, mistake: str) -> str:
     a, b, product = problem["product"]
     op, left, right = problem["last"]
     sign = "−" if op == "subtract" else "+"
+    times, _ = FIRST_STEPS[problem["first"]]
     if mistake == "none":
         return " ".join(problem["steps"]) + f" The answer is {problem['answer']}."
     if mistake == "product":
-        slip = product + b
+        slip = slipped(problem)
         final = slip - right if op == "subtract" else slip + right
-        return f"First {a} × {b} = {slip}. Then {slip} {sign} {right} = {final}. The answer is {final}."
+        return f"First {a} {times} {b} = {slip}. Then {slip} {sign} {right} = {final}. The answer is {final}."
     if mistake == "operation":
         flipped = left + right if op == "subtract" else left - right
         wrong_sign = "+" if op == "subtract" else "−"
         return (
-            f"First {a} × {b} = {product}. Then {product} {wrong_sign} {right} = {flipped}. The answer is {flipped}."
+            f"First {a} {times} {b} = {product}. Then {product} {wrong_sign} {right} = {flipped}. The answer is "
+            f"{flipped}."
         )
-    return f"We multiply: {a} × {b} = {product}. The answer is {product}."
+    verb = "We multiply" if problem["first"] == "multiply" else "We add"
+    return f"{verb}: {a} {times} {b} = {product}. The answer is {product}."
 
 
 def critique_of(problem: dict, mistake: str, slip: int | None = None, final: int | None = None) -> str:
@@ -159,31 +197,34 @@ def critique_of(problem: dict, mistake: str, slip: int | None = None, final: int
     a, b, product = problem["product"]
     op, left, right = problem["last"]
     sign = "−" if op == "subtract" else "+"
+    times, step = FIRST_STEPS[problem["first"]]
     if mistake == "none":
         return (
-            "Each step checks out: the multiplication is right and the second step uses the right operation, so "
+            f"Each step checks out: the {step} is right and the second step uses the right operation, so "
             f"{problem['answer']} is correct. The explanation could name the units at each step.\n"
             "Conclusion: right"
         )
     if mistake == "product":
-        slip = product + b if slip is None else slip
+        slip = slipped(problem) if slip is None else slip
         final = (slip - right if op == "subtract" else slip + right) if final is None else final
-        guess = f" (it looks like one extra group of {b} was counted)" if slip == product + b else ""
+        extra_group = problem["first"] == "multiply" and slip == product + b
+        guess = f" (it looks like one extra group of {b} was counted)" if extra_group else ""
         return (
-            f"The plan is right, but the multiplication is wrong: {a} × {b} is {product}, not {slip}{guess}. "
+            f"The plan is right, but the {step} is wrong: {a} {times} {b} is {product}, not {slip}{guess}. "
             f"Because of that slip the final result {final} is off by {abs(final - problem['answer'])}.\n"
             "Conclusion: wrong"
         )
     if mistake == "operation":
+        result = "product" if problem["first"] == "multiply" else "sum"
         wrong_sign = "+" if op == "subtract" else "−"
         needed = "taken away" if op == "subtract" else "added"
         return (
-            f"The product {a} × {b} = {product} is correct, but the second step uses the wrong operation: the "
+            f"The {result} {a} {times} {b} = {product} is correct, but the second step uses the wrong operation: the "
             f"{right} should be {needed}, so the step is {product} {sign} {right}, not {product} {wrong_sign} "
             f"{right}.\nConclusion: wrong"
         )
     return (
-        f"The multiplication {a} × {b} = {product} is correct, but the answer stops there: the question also "
+        f"The {step} {a} {times} {b} = {product} is correct, but the answer stops there: the question also "
         f"asks to account for the {right}, which the student never used.\nConclusion: wrong"
     )
 
@@ -231,6 +272,54 @@ def generate_records(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> list[dict]:
     return [_record(index, rng) for index in range(n)]
 
 
+def toy_questions(split: str, seed: int = DEMO_SEED) -> list[dict]:
+    """
+    The toy task's questions of one split, with their reference answers.
+
+    Every (problem, a, b, c) of `TOY_PROBLEMS` with a non-negative answer is one key; a seeded shuffle puts
+    `TOY_HELDOUT_SIZE` keys in the held-out split and the rest in the training split, so no held-out question (not
+    even with another name or item) occurs in training. Names and items are drawn per question.
+
+    Args:
+        split (`str`): `"train"` or `"heldout"`.
+        seed (`int`, *optional*, defaults to 2505): The seed of the split and of the names and items.
+
+    Returns:
+        `list[dict]`: Rows with `id`, `prompt` and `reference_answer`, in a fixed order.
+    """
+    if split not in TOY_FILES:
+        raise ValueError(f"`split` must be one of {sorted(TOY_FILES)}, got {split!r}.")
+    keys = [
+        (index, a, b, c)
+        for index, spec in enumerate(TOY_PROBLEMS)
+        for a in range(1, 10)
+        for b in range(1, 10)
+        for c in range(1, 10)
+        if spec["op"] == "add" or c <= a + b
+    ]
+    rng = random.Random(seed)
+    rng.shuffle(keys)
+    chosen = keys[:TOY_HELDOUT_SIZE] if split == "heldout" else keys[TOY_HELDOUT_SIZE:]
+    rows = []
+    for number, (index, a, b, c) in enumerate(chosen):
+        spec = TOY_PROBLEMS[index]
+        values = {"name": rng.choice(NAMES), "item": rng.choice(ITEMS), "a": a, "b": b, "c": c}
+        problem = _solve(spec, values)
+        answer = str(problem["answer"])
+        rows.append({"id": f"toy-{split}-{number:04d}", "prompt": problem["question"], "reference_answer": answer})
+    return rows
+
+
+def toy_data_path(split: str = "train") -> Path:
+    """Path of a toy split shipped inside the package (`builtin:toy`, `builtin:toy-heldout`)."""
+    return Path(str(resources.files("cgd_trainer.demo") / "data" / TOY_FILES[split]))
+
+
+def toy_heldout_path() -> Path:
+    """Path of the toy task's held-out questions (`builtin:toy-heldout`)."""
+    return toy_data_path("heldout")
+
+
 def to_jsonl(records: list[dict]) -> str:
     """Serializes records as JSON lines (UTF-8 text, one record per line, keys in a fixed order)."""
     return "".join(dumps_row(record) for record in records)
@@ -250,6 +339,11 @@ def main(argv: list[str] | None = None) -> None:
     Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     Path(options.out).write_text(to_jsonl(generate_records(options.n, options.seed)), encoding="utf-8")
     print(f"wrote {options.n} records to {options.out}")
+    for split, name in TOY_FILES.items():
+        path = Path(options.out).parent / name
+        rows = toy_questions(split)
+        path.write_text(to_jsonl(rows), encoding="utf-8")
+        print(f"wrote {len(rows)} {split} questions of the toy task to {path}")
 
 
 if __name__ == "__main__":

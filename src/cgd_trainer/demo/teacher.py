@@ -15,10 +15,11 @@ import re
 from collections.abc import Iterator, Sequence
 
 from ..backends.base import Backend, Reply, Request
-from .problems import critique_of, draft_answer, pick_mistake, refined_answer, solve_question
+from .problems import FIRST_STEPS, critique_of, draft_answer, pick_mistake, refined_answer, solve_question
 
 _NUMBER_RE = re.compile(r"-?\d+")
-_PRODUCT_RE = re.compile(r"(\d+)\s*[×x*·]\s*(\d+)\s*=\s*(-?\d+)")
+# A first step as written: "a × b = p" (or "a + b = p" for the toy task's addition).
+_FIRST_STEP_RE = re.compile(r"(\d+)\s*[×x*·+]\s*(\d+)\s*=\s*(-?\d+)")
 
 
 def critique_answer(problem: dict, answer: str) -> str:
@@ -34,16 +35,17 @@ def critique_answer(problem: dict, answer: str) -> str:
     """
     a, b, product = problem["product"]
     op, _, right = problem["last"]
+    times, step = FIRST_STEPS[problem["first"]]
     numbers = [int(n) for n in _NUMBER_RE.findall(answer)]
     if not numbers:
         return (
-            "The answer never reaches a final number, so it does not answer the question. The work needs the product "
-            f"{a} × {b} first and then the {right}.\nConclusion: wrong"
+            "The answer never reaches a final number, so it does not answer the question. The work needs the "
+            f"{step} {a} {times} {b} first and then the {right}.\nConclusion: wrong"
         )
     final = numbers[-1]
     if final == problem["answer"]:
         return critique_of(problem, "none")
-    for left_factor, right_factor, stated in _PRODUCT_RE.findall(answer):
+    for left_factor, right_factor, stated in _FIRST_STEP_RE.findall(answer):
         if {int(left_factor), int(right_factor)} == {a, b} and int(stated) != product:
             return critique_of(problem, "product", slip=int(stated), final=final)
     flipped = product + right if op == "subtract" else product - right
@@ -52,7 +54,7 @@ def critique_answer(problem: dict, answer: str) -> str:
     if final == product:
         return critique_of(problem, "skip")
     return (
-        f"The final answer {final} is not right. The question needs {a} × {b} = {product} and then the {right} "
+        f"The final answer {final} is not right. The question needs {a} {times} {b} = {product} and then the {right} "
         f"{'taken away' if op == 'subtract' else 'added'}, which the answer does not do correctly.\nConclusion: wrong"
     )
 

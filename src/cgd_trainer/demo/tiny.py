@@ -51,7 +51,24 @@ def default_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(family: str = "chatml", texts: Iterable[str] | None = None, vocab_size: int = 700):
+def toy_corpus() -> list[str]:
+    """The toy task's questions, drafts, critiques and answers, and the library's wording (`builtin:tiny-digits`)."""
+    from ..templates import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE
+    from .problems import TOY_PROBLEMS, critique_of, draft_answer, refined_answer, solve_question, toy_questions
+
+    texts = [DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, DEFAULT_CRITIQUE_TEMPLATE, "[...]"]
+    for row in toy_questions("train")[: 40 * len(TOY_PROBLEMS)]:
+        problem = solve_question(row["prompt"])
+        texts.append(row["prompt"])
+        texts.append(refined_answer(problem))
+        for mistake in ("none", "product", "operation", "skip"):
+            texts += [draft_answer(problem, mistake), critique_of(problem, mistake)]
+    return texts
+
+
+def build_tokenizer(
+    family: str = "chatml", texts: Iterable[str] | None = None, vocab_size: int = 700, split_digits: bool = False
+):
     """
     Trains a byte-level BPE tokenizer locally.
 
@@ -63,6 +80,9 @@ def build_tokenizer(family: str = "chatml", texts: Iterable[str] | None = None, 
             Training corpus; defaults to [`default_corpus`].
         vocab_size (`int`, *optional*, defaults to 700):
             Vocabulary size, special tokens included.
+        split_digits (`bool`, *optional*, defaults to `False`):
+            Whether every digit is a token of its own (as in Llama 3 and Qwen2.5 tokenizers), which makes
+            arithmetic learnable for a small model.
 
     Returns:
         [`~transformers.PreTrainedTokenizerFast`]: The tokenizer, with its chat template for the chat families.
@@ -79,6 +99,10 @@ def build_tokenizer(family: str = "chatml", texts: Iterable[str] | None = None, 
     }[family]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
@@ -148,7 +172,9 @@ def prepare_builtin_model(name: str, output_dir: str) -> str:
     """
     Builds a tiny model from config and a tokenizer trained locally, saved under `<output_dir>/base-model`.
 
-    `builtin:tiny-chatml`, `builtin:tiny-llama3` and `builtin:tiny-plain` name the tokenizer family. The build is
+    `builtin:tiny-chatml`, `builtin:tiny-llama3` and `builtin:tiny-plain` name the tokenizer family;
+    `builtin:tiny-digits` is the ChatML model of the demo that learns, its tokenizer trained on the toy task
+    ([`toy_corpus`]) with one token per digit. The build is
     deterministic and runs once: a folder from an earlier run (or another process) is reused. Reached through
     `cgd_trainer.sources.resolve_model`.
 
@@ -158,14 +184,18 @@ def prepare_builtin_model(name: str, output_dir: str) -> str:
     from accelerate import PartialState
 
     family = name.removeprefix("builtin:").removeprefix("tiny-")
-    if family not in FAMILIES:
-        raise ValueError(
-            f"Unknown built-in model {name!r}; the built-in models are {[f'builtin:tiny-{f}' for f in FAMILIES]}."
-        )
+    digits = family == "digits"
+    if family not in FAMILIES and not digits:
+        names = [f"builtin:tiny-{f}" for f in (*FAMILIES, "digits")]
+        raise ValueError(f"Unknown built-in model {name!r}; the built-in models are {names}.")
     path = Path(output_dir) / "base-model"
     with PartialState().main_process_first():
         if not (path / "config.json").exists():
-            tokenizer = build_tokenizer(family)
+            if digits:
+                family = "chatml"
+                tokenizer = build_tokenizer(family, toy_corpus(), vocab_size=1000, split_digits=True)
+            else:
+                tokenizer = build_tokenizer(family)
             model = build_model(tokenizer, family, **BUILTIN_SIZE)
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)

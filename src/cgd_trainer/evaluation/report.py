@@ -49,7 +49,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def plot_benchmark_accuracy(
-    accuracy: Mapping[str, Mapping[str, float | None]], path: str | Path, title: str = "Accuracy per benchmark"
+    accuracy: Mapping[str, Mapping[str, float | None]],
+    path: str | Path,
+    title: str = "Accuracy per benchmark",
+    errors: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> Path:
     """
     Draws grouped bars: one group per benchmark, one bar per model.
@@ -59,6 +62,8 @@ def plot_benchmark_accuracy(
             or `None` value draws no bar.
         path (`str` or `Path`): Where to save the PNG.
         title (`str`): Title of the figure.
+        errors (`Mapping[str, Mapping[str, float]]`, *optional*): Same shape: a standard deviation (in [0, 1]) drawn
+            as an error bar on each bar that has one (e.g. over seeds).
 
     Returns:
         `Path`: The saved file.
@@ -71,13 +76,15 @@ def plot_benchmark_accuracy(
     width = 0.8 / max(1, len(models))
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 + 1.1 * len(benchmarks) * max(1, len(models)) ** 0.5), 4.2))
     for m, model in enumerate(models):
-        xs, heights = [], []
+        xs, heights, spreads = [], [], []
         for b, benchmark in enumerate(benchmarks):
             value = accuracy[model].get(benchmark)
             if value is not None:
                 xs.append(b - 0.4 + width * (m + 0.5))
                 heights.append(100 * value)
-        bars = axes.bar(xs, heights, width=width, label=model)
+                spread = (errors or {}).get(model, {}).get(benchmark)
+                spreads.append(0.0 if spread is None else 100 * spread)
+        bars = axes.bar(xs, heights, width=width, label=model, yerr=spreads if any(spreads) else None, capsize=3)
         axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     axes.set_xticks(range(len(benchmarks)), benchmarks)
     axes.set_ylabel("accuracy (%)")
