@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_digit_tokenizer_gives_each_digit_a_token(tmp_path):
     )
 
 
-def test_demo_refuses_unknown_conditions_and_training_flags():
+def test_demo_refuses_unknown_conditions_and_training_flags(monkeypatch):
     with pytest.raises(UsageError, match="unknown condition 'cdg'.*cgd"):
         demo.resolve_conditions(["cdg"])
     assert demo.resolve_conditions(["distilled_sft", "cgd"]) == ["cgd", "distilled_sft"]
@@ -80,6 +81,12 @@ def test_demo_refuses_unknown_conditions_and_training_flags():
         demo.parse(["--max_stepz", "3"])
     with pytest.raises(UsageError, match="own recipe"):
         demo.parse(["--config", "tiny/cpu"])
+    with pytest.raises(UsageError, match="single_turn"):
+        demo.parse(["--cgd_layout", "multi_turn"])
+    # Without the evaluation extra, it says so before training anything.
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(UsageError, match=r"needs math-verify: pip install 'cgd-trainer\[eval\]'"):
+        demo.parse([])
 
 
 @pytest.mark.slow
@@ -106,3 +113,28 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert {b["name"] for b in summary["benchmarks"]} == {alone, in_context}
     assert all(b["problems"] == 64 for b in summary["benchmarks"])
+
+
+def test_in_context_benchmark_is_the_prompt_the_cgd_student_is_trained_on(tmp_path):
+    """The held-out CGD-context questions, asked as `cgd eval` asks them, are token for token the trained prompt."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from cgd_trainer.sources import read_jsonl, resolve_model
+    from cgd_trainer.trainer import prepare_records
+
+    _, _, training_args = demo.parse(["--cgd_instruction", "Fix the answer.", "--output_dir", str(tmp_path / "run")])
+    sets, in_context = demo.make_demo_data(tmp_path / "data", training_args)
+    assert (sets / "cgd.jsonl").exists() and (sets / "distilled_sft.jsonl").exists()
+    questions = list(read_jsonl(in_context))
+    assert len(questions) == TOY_HELDOUT_SIZE
+    records = list(read_jsonl(tmp_path / "data" / "heldout" / "sets" / "cgd.jsonl"))[:4]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(demo.UNTRAINED, tmp_path))
+    prepared, _ = prepare_records(Dataset.from_list(records), tokenizer, training_args)
+    for row, question in zip(prepared, questions):
+        assert question["question"].startswith("Fix the answer.\n\n### Question\n")
+        trained_from = row["labels"].index(next(label for label in row["labels"] if label != -100))
+        asked = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question["question"]}], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        assert row["input_ids"][:trained_from] == list(asked)

@@ -17,6 +17,7 @@ go to training, e.g. `--max_steps 100`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -87,23 +88,27 @@ def _generate_and_build(dataset: str, data_dir: Path) -> Path:
     return sets
 
 
-def make_demo_data(
-    data_dir: str | Path, instruction: str | None = None, template: str | None = None
-) -> tuple[Path, Path]:
+def make_demo_data(data_dir: str | Path, training_args: Any = None) -> tuple[Path, Path]:
     """
     Generates and builds the training sets, and the held-out benchmark in the CGD context.
 
     Args:
         data_dir (`str` or `Path`): Where the generated records and the sets go.
-        instruction, template (`str`, *optional*): The training run's `cgd_instruction` and `cgd_template` (the
-            library's defaults when `None`), so that the benchmark's questions are what the student is trained on.
+        training_args (*optional*): The runs' training arguments; their `cgd_*` settings render the benchmark's
+            questions with the trainer's own collator (the library's defaults when `None`).
 
     Returns:
         `tuple[Path, Path]`: The training sets' folder, and a JSONL benchmark (`id`, `question`, `answer`) whose
         questions are the held-out CGD records' user turns exactly as `CGDTrainer` renders them (`single_turn`).
     """
-    from ..conditions.builders import cgd_context
+    from ..collator import CritiqueCollator
     from ..sources import read_jsonl, write_jsonl
+
+    collator = CritiqueCollator.from_config(training_args)
+
+    def cgd_context(record: dict[str, Any]) -> str:
+        (turn,) = collator.format(record, "single_turn")["prompt"]
+        return turn["content"]
 
     data_dir = Path(data_dir)
     sets = _generate_and_build("builtin:toy", data_dir)
@@ -112,10 +117,7 @@ def make_demo_data(
     overlap = {row["prompt"] for row in read_jsonl(sets / "cgd.jsonl")} & {record["prompt"] for record in heldout}
     if overlap:  # the split is disjoint by construction; this guards the shipped files
         raise RuntimeError(f"{len(overlap)} held-out questions occur in the training data, e.g. {min(overlap)!r}.")
-    rows = [
-        {"id": r["id"], "question": cgd_context(r, instruction, template), "answer": r["reference_answer"]}
-        for r in heldout
-    ]
+    rows = [{"id": r["id"], "question": cgd_context(r), "answer": r["reference_answer"]} for r in heldout]
     in_context = data_dir / IN_CONTEXT_FILE
     write_jsonl(in_context, rows)
     return sets, in_context
@@ -241,7 +243,15 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
     )
     if any(flag == "--config" or flag.startswith("--config=") for flag in training_flags):
         raise UsageError("cgd demo trains with its own recipe (tiny/toy); change a setting with its flag instead.")
-    # A misspelt training flag fails here, before any work.
+    # Missing evaluation extras and misspelt training flags fail here, before minutes of training.
+    for module in ("math_verify", "matplotlib"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UsageError(
+                f"cgd demo scores the students with cgd eval, which needs {module.replace('_', '-')}: "
+                "pip install 'cgd-trainer[eval]'."
+            ) from None
     _, training_args, *_ = train.parse(["--config", str(toy_recipe_path()), *training_flags], prog="cgd demo")
     if training_args.cgd_layout not in ("auto", "single_turn"):
         raise UsageError(
@@ -264,7 +274,7 @@ def main(argv: list[str]) -> int:
     args, training_flags, training_args = parse(argv)
     conditions = resolve_conditions(args.conditions)
     out = Path(args.output_dir)
-    sets, in_context = make_demo_data(out / "data", training_args.cgd_instruction, training_args.cgd_template)
+    sets, in_context = make_demo_data(out / "data", training_args)
 
     models: list[dict[str, str]] = [{"label": "untrained", "model": UNTRAINED}]
     seconds: dict[str, float] = {}
