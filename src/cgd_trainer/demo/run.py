@@ -35,6 +35,7 @@ IN_CONTEXT_FILE = "heldout_in_cgd_context.jsonl"
 # CGD context around it.
 ALONE, IN_CONTEXT = "toy-heldout", "heldout_in_cgd_context"
 COLUMNS = {ALONE: "question alone", IN_CONTEXT: "in CGD context"}
+ANY_NUMBER = "question alone, harness grading"
 
 
 @dataclass
@@ -148,7 +149,8 @@ def aggregate(summary: dict[str, Any], conditions: list[str], seeds: list[int]) 
     Mean and sample standard deviation over the seeds, per condition, of the held-out scores in a `cgd eval` summary.
 
     Returns:
-        `dict`: `{"untrained" | condition: {benchmark: {"mean", "sd", "values"}, "boxed_rate", "critique_rate"}}`.
+        `dict`: `{"untrained" | condition: {benchmark | ANY_NUMBER | "boxed_rate" | "critique_rate": {"mean", "sd",
+        "values"}}}`.
     """
 
     def spread(values: list[float]) -> dict[str, Any]:
@@ -164,6 +166,10 @@ def aggregate(summary: dict[str, Any], conditions: list[str], seeds: list[int]) 
         row: dict[str, Any] = {}
         for benchmark in (ALONE, IN_CONTEXT):
             row[benchmark] = spread([summary["results"][label][benchmark]["accuracy"] for label in labels])
+        # The harness grading also reads an unboxed final number: the `sft` targets are bare reference answers.
+        row[ANY_NUMBER] = spread(
+            [summary["results"][label][ALONE]["accuracy_by_protocol"]["harness"] for label in labels]
+        )
         # Format drift is read on the answers to the question alone: what a user of the trained model sees.
         drift = [summary["drift_per_benchmark"][label][ALONE] for label in labels]
         row["boxed_rate"] = spread([d["boxed_rate"] for d in drift])
@@ -180,12 +186,10 @@ def render_table(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
         text = percent(value["mean"])
         return text if value["sd"] is None else f"{text} ± {percent(value['sd'])}"
 
-    headers = ["student", *(f"held-out, {COLUMNS[b]} (%)" for b in (ALONE, IN_CONTEXT))]
+    headers = ["student", *(f"held-out, {COLUMNS[b]} (%)" for b in (ALONE, IN_CONTEXT)), f"held-out, {ANY_NUMBER} (%)"]
     headers += ["boxed (%)", "critique-style (%)"]
-    rows = [
-        [name, cell(row[ALONE]), cell(row[IN_CONTEXT]), cell(row["boxed_rate"]), cell(row["critique_rate"])]
-        for name, row in table.items()
-    ]
+    keys = (ALONE, IN_CONTEXT, ANY_NUMBER, "boxed_rate", "critique_rate")
+    rows = [[name, *(cell(row[key]) for key in keys)] for name, row in table.items()]
     return markdown_table(headers, rows)
 
 
@@ -212,6 +216,8 @@ def write_report(table: dict[str, dict[str, Any]], summary: dict[str, Any], args
             f"- **{COLUMNS[ALONE]}**: the paper's inference — the question as the only user turn, no system prompt.",
             f"- **{COLUMNS[IN_CONTEXT]}**: the question inside the CGD training context, with the held-out draft and "
             "critique of the demo student and teacher; only the CGD-context conditions are trained on this input.",
+            f"- **{ANY_NUMBER}**: the same answers graded by the harness preset, which also reads a final number "
+            "without a box (the `sft` condition trains on the bare reference answers).",
             "- boxed and critique-style: format drift of the answers to the question alone.",
             "",
             f"Training seconds per run: {json.dumps(seconds)}. Evaluation: {summary['seconds']} s "
