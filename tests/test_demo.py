@@ -46,6 +46,7 @@ def test_toy_split_is_disjoint_shipped_and_solvable():
     assert toy_data_path("train").read_text(encoding="utf-8") == to_jsonl(train)
     assert toy_data_path("heldout").read_text(encoding="utf-8") == to_jsonl(heldout)
     assert resolve_file("builtin:toy-heldout") == toy_data_path("heldout")
+    assert resolve_file("builtin:toy") == toy_data_path("train")
 
 
 def test_toy_teacher_names_each_mistake_of_an_addition_first_problem():
@@ -75,18 +76,82 @@ def test_digit_tokenizer_gives_each_digit_a_token(tmp_path):
 def test_demo_refuses_unknown_conditions_and_training_flags(monkeypatch):
     with pytest.raises(UsageError, match="unknown condition 'cdg'.*cgd"):
         demo.resolve_conditions(["cdg"])
+    with pytest.raises(UsageError, match="unknown condition 'bogus'"):
+        demo.resolve_conditions(["all", "bogus"])
     assert demo.resolve_conditions(["distilled_sft", "cgd"]) == ["cgd", "distilled_sft"]
     assert len(demo.resolve_conditions(["all"])) == 7
     with pytest.raises(UsageError, match="--max_stepz 3. Did you mean `--max_steps`"):
         demo.parse(["--max_stepz", "3"])
-    with pytest.raises(UsageError, match="own recipe"):
-        demo.parse(["--config", "tiny/cpu"])
-    with pytest.raises(UsageError, match="single_turn"):
-        demo.parse(["--cgd_layout", "multi_turn"])
+    # What the demo sets per run cannot be overridden (it would train every condition on one file, or one seed).
+    for flags, hint in [
+        (["--config", "tiny/cpu"], "--config itself"),
+        (["--dataset_name", "x.jsonl"], "choose the sets with --conditions"),
+        (["--seed", "7"], "give the seeds with --seeds"),
+        (["--model_name_or_path=builtin:tiny-chatml"], "builtin:tiny-digits"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(hint)):
+            demo.parse(flags)
+    for flags, message in [
+        (["--seeds", "1", "1"], "each seed once"),
+        (["--eval_problems", "0"], "--eval_problems: at least 1"),
+        (["--max_new_tokens", "0"], "--max_new_tokens: at least 1"),
+        (["--cgd_layout", "multi_turn"], "single_turn"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            demo.parse(flags)
+    # A user mistake is one line and exit status 2 through the command.
+    assert cli.main(["demo", "--seeds", "3", "3"]) == 2
     # Without the evaluation extra, it says so before training anything.
     monkeypatch.setitem(sys.modules, "math_verify", None)
     with pytest.raises(UsageError, match=r"needs math-verify: pip install 'cgd-trainer\[eval\]'"):
         demo.parse([])
+
+
+def test_eval_recipe_scores_what_cgd_demo_writes():
+    """`examples/eval/tiny-cpu.yaml` evaluates the folders `cgd demo` trains into, as the demo evaluates them."""
+    from pathlib import Path
+
+    from cgd_trainer.commands import eval as eval_command
+
+    root = Path(__file__).resolve().parents[1]
+    (config,) = eval_command.make_parser().parse_args_and_config(
+        args=["--config", str(root / "examples" / "eval" / "tiny-cpu.yaml")]
+    )
+    paths = [entry["model"] for entry in config.models]
+    assert paths[0] == demo.UNTRAINED
+    assert paths[1:] == [
+        f"{demo.DEMO_OUTPUT_DIR}/{c}/seed-{demo.DemoArguments().seeds[0]}" for c in demo.DEMO_CONDITIONS
+    ]
+    assert config.benchmarks[0] == demo.HELDOUT and config.system_prompt == ""
+
+
+def _summary(accuracy: dict[str, float]) -> dict:
+    """A `cgd eval` summary with the given accuracy for every label on every benchmark."""
+    results, drift = {}, {}
+    for label, value in accuracy.items():
+        results[label] = {
+            name: {"accuracy": value, "accuracy_by_protocol": {"strict": value, "harness": value + 0.1}}
+            for name in demo.COLUMNS
+        }
+        drift[label] = {demo.ALONE: {"boxed_rate": value, "critique_rate": 0.0}}
+    benchmarks = [{"name": name, "problems": 10} for name in demo.COLUMNS]
+    return {"results": results, "drift_per_benchmark": drift, "benchmarks": benchmarks, "seconds": 1.0,
+            "config": {"protocol": "strict"}}  # fmt: skip
+
+
+def test_comparison_reports_mean_and_sd_over_seeds_with_a_plot(tmp_path):
+    labels = {"untrained": 0.0, demo.run_label("cgd", 0): 0.2, demo.run_label("cgd", 1): 0.4}
+    summary = _summary(labels)
+    table = demo.aggregate(summary, ["cgd"], [0, 1])
+    assert table["cgd"][demo.ALONE]["mean"] == pytest.approx(0.3)
+    assert table["cgd"][demo.ALONE]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert table["cgd"][demo.ANY_NUMBER]["mean"] == pytest.approx(0.4)
+    assert table["untrained"][demo.ALONE]["sd"] is None
+    args = demo.DemoArguments(output_dir=str(tmp_path), conditions=["cgd"], seeds=[0, 1])
+    text = demo.write_report(table, summary, args, {"cgd (seed 0)": 1.0})
+    assert "| cgd | 30.0 ± 14.1 | 30.0 ± 14.1 | 30.0 ± 14.1 | 40.0 ± 14.1 |" in text
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+    assert json.loads((tmp_path / "comparison.json").read_text())["cgd"][demo.ALONE]["values"] == [0.2, 0.4]
 
 
 @pytest.mark.slow
@@ -101,18 +166,17 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out, question alone (%)" in printed and "| untrained |" in printed
     table = json.loads((out / "comparison.json").read_text())
-    alone, in_context = demo.ALONE, demo.IN_CONTEXT
     untrained = table["untrained"]
-    # The learning signal CI guards: distilled SFT (the same trainer, question alone at inference) learns the task,
-    # and the CGD student learns its refinement mapping on held-out drafts and critiques. A mask off by one, a wrong
-    # training set or an inference prompt unlike training's would break one of these.
-    assert table["distilled_sft"][alone]["mean"] >= untrained[alone]["mean"] + 0.1
-    assert table["cgd"][in_context]["mean"] >= untrained[in_context]["mean"] + 0.1
+    # The learning signal CI guards: distilled SFT (the same trainer, the question alone at inference) learns the
+    # task, and the CGD student fixes wrong drafts in its context, which repeating the draft cannot do. A mask off by
+    # one, a wrong training set or an inference prompt unlike training's would break one of these.
+    assert table["distilled_sft"][demo.ALONE]["mean"] >= untrained[demo.ALONE]["mean"] + 0.1
+    assert table["cgd"][demo.WRONG_DRAFTS]["mean"] >= untrained[demo.WRONG_DRAFTS]["mean"] + 0.05
     assert (out / "comparison.png").stat().st_size > 0
     assert "![held-out accuracy](comparison.png)" in (out / "comparison.md").read_text()
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert {b["name"] for b in summary["benchmarks"]} == {alone, in_context}
-    assert all(b["problems"] == 64 for b in summary["benchmarks"])
+    assert {b["name"] for b in summary["benchmarks"]} == set(demo.COLUMNS)
+    assert all(b["problems"] <= 64 for b in summary["benchmarks"])
 
 
 def test_in_context_benchmark_is_the_prompt_the_cgd_student_is_trained_on(tmp_path):
@@ -124,11 +188,15 @@ def test_in_context_benchmark_is_the_prompt_the_cgd_student_is_trained_on(tmp_pa
     from cgd_trainer.trainer import prepare_records
 
     _, _, training_args = demo.parse(["--cgd_instruction", "Fix the answer.", "--output_dir", str(tmp_path / "run")])
-    sets, in_context = demo.make_demo_data(tmp_path / "data", training_args)
+    sets, benchmarks = demo.make_demo_data(tmp_path / "data", training_args)
     assert (sets / "cgd.jsonl").exists() and (sets / "distilled_sft.jsonl").exists()
-    questions = list(read_jsonl(in_context))
-    assert len(questions) == TOY_HELDOUT_SIZE
-    records = list(read_jsonl(tmp_path / "data" / "heldout" / "sets" / "cgd.jsonl"))[:4]
+    records = list(read_jsonl(tmp_path / "data" / "heldout" / "sets" / "cgd.jsonl"))
+    right, wrong = (list(read_jsonl(benchmarks[name])) for name in (demo.RIGHT_DRAFTS, demo.WRONG_DRAFTS))
+    assert len(right) + len(wrong) == len(records) == TOY_HELDOUT_SIZE
+    verdicts = {record["id"]: record["verdict"] for record in records}
+    assert {verdicts[row["id"]] for row in right} == {"right"} and {verdicts[row["id"]] for row in wrong} == {"wrong"}
+    questions = [next(row for row in right + wrong if row["id"] == record["id"]) for record in records[:4]]
+    records = records[:4]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(demo.UNTRAINED, tmp_path))
     prepared, _ = prepare_records(Dataset.from_list(records), tokenizer, training_args)
     for row, question in zip(prepared, questions):

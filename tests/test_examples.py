@@ -15,7 +15,7 @@ from cgd_trainer import CritiqueCollator, cli
 from cgd_trainer.commands.parser import UsageError
 from cgd_trainer.commands.train import (
     LaunchArguments,
-    demo_recipe,
+    default_recipe,
     make_parser,
     parse,
     with_default_recipe,
@@ -204,10 +204,10 @@ def test_all_accelerate_configs_shipped():
     }
 
 
-def test_demo_recipe_is_the_tiny_recipe():
-    assert (ROOT / "examples" / "recipes" / "tiny" / "cpu.yaml").resolve() == Path(demo_recipe()).resolve()
-    assert with_default_recipe([]) == ["--config", demo_recipe()]
-    assert with_default_recipe(["--max_steps", "3"])[:2] == ["--config", demo_recipe()]
+def test_default_recipe_is_the_tiny_cpu_recipe():
+    assert (ROOT / "examples" / "recipes" / "tiny" / "cpu.yaml").resolve() == Path(default_recipe()).resolve()
+    assert with_default_recipe([]) == ["--config", default_recipe()]
+    assert with_default_recipe(["--max_steps", "3"])[:2] == ["--config", default_recipe()]
     assert with_default_recipe(["--config", "x.yaml"]) == ["--config", "x.yaml"]
     assert with_default_recipe(["--model_name_or_path", "m"]) == ["--model_name_or_path", "m"]
 

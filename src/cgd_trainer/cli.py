@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cgd_trainer.commands.inspect",
         "show records as a training recipe trains them: the trained tokens marked, token counts, truncation",
     ),
-    "demo": ("cgd_trainer.demo.run", "run the offline demo: tiny local model, shipped CGD records, CPU"),
+    "demo": ("cgd_trainer.demo.run", "the paper's comparison in miniature, offline on a CPU, on held-out questions"),
     "generate": (
         "cgd_trainer.commands.generate",
         "generate CGD data: probe (student) -> critique -> refine (teacher), resumable",

@@ -8,7 +8,7 @@ accelerate launch --config_file examples/accelerate_configs/zero3.yaml examples/
 ```
 
 Flags on the command line override the YAML recipe. With neither `--config` nor `--model_name_or_path`, the offline
-demo recipe is used.
+`tiny/cpu` recipe is used.
 """
 
 from __future__ import annotations

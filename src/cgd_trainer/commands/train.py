@@ -1,7 +1,8 @@
 """`cgd train` and `examples/train.py`: TRL's script, model and dataset-mixture arguments with [`CGDConfig`].
 
 Flags on the command line override the YAML recipe. `--config` takes a file or the name of a recipe shipped with the
-package (`qwen2.5-math-7b/full`). With neither `--config` nor `--model_name_or_path`, the offline demo recipe is used.
+package (`qwen2.5-math-7b/full`). With neither `--config` nor `--model_name_or_path`, the offline CPU recipe
+`tiny/cpu` is used.
 
 Given launch settings (`--accelerate_config zero3`, `--num_processes 8`, ...; as flags or recipe keys), `cgd train`
 starts the run through `accelerate launch -m cgd_trainer.scripts.train`, as `trl sft` does; without them it trains in
@@ -28,8 +29,8 @@ from .recipes import recipe_path, resolve_accelerate_config, resolve_recipe
 
 logger = logging.getLogger(__name__)
 
-# The offline demo recipe, shipped inside the package: the demo's code is not imported for it.
-DEMO_RECIPE = "tiny/cpu"
+# The recipe used when none is named: offline, CPU, shipped in the package (the demo's code is not imported for it).
+DEFAULT_RECIPE = "tiny/cpu"
 
 # Set in a process that is the training script itself (already launched): launch settings are then not acted on.
 LAUNCHED_ENV = "CGD_LAUNCHED"
@@ -87,17 +88,18 @@ def make_parser(prog: str | None = None, extra_types: tuple = ()):
     return TrlParser(types, prog=prog)
 
 
-def demo_recipe() -> str:
-    return recipe_path(DEMO_RECIPE)
+def default_recipe() -> str:
+    """The file of the recipe used when the command line names neither a recipe nor a model."""
+    return recipe_path(DEFAULT_RECIPE)
 
 
 def with_default_recipe(argv: list[str]) -> list[str]:
-    """Falls back to the offline demo recipe when the command line names neither a recipe nor a model."""
+    """Falls back to the offline CPU recipe when the command line names neither a recipe nor a model."""
     if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
         return argv
     if any(arg == "--model_name_or_path" or arg.startswith("--model_name_or_path=") for arg in argv):
         return argv
-    return ["--config", demo_recipe(), *argv]
+    return ["--config", default_recipe(), *argv]
 
 
 def run(argv: list[str], prog: str | None = None):

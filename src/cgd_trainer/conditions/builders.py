@@ -53,14 +53,11 @@ class ConditionSet:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def cgd_context(record: Mapping[str, Any], instruction: str | None = None, template: str | None = None) -> str:
-    """
-    The student's user turn for a CGD record, as `CGDTrainer` lays it out (`single_turn`); `instruction` and
-    `template` are a run's `cgd_instruction` and `cgd_template`, the library's wording when `None`.
-    """
+def cgd_context(record: Mapping[str, Any]) -> str:
+    """The student's user turn for a CGD record, as `CGDTrainer` lays it out by default (`single_turn`)."""
     return fill(
-        DEFAULT_TEMPLATE if template is None else template,
-        instruction=DEFAULT_INSTRUCTION if instruction is None else instruction,
+        DEFAULT_TEMPLATE,
+        instruction=DEFAULT_INSTRUCTION,
         question=record["prompt"],
         initial_response=record["initial_response"],
         critique=record["critique"],

@@ -310,6 +310,18 @@ def toy_questions(split: str, seed: int = DEMO_SEED) -> list[dict]:
     return rows
 
 
+def toy_key(question: str) -> tuple[str, int, int, int] | None:
+    """
+    The numbers behind a toy question: its shape (the operation of the second step) and (a, b, c); `None` for a
+    question that is not the toy task's. Two questions with the same key differ only in name and item.
+    """
+    problem = solve_question(question)
+    if problem is None or problem["first"] != "add":
+        return None
+    (a, b, _), (op, _, c) = problem["product"], problem["last"]
+    return op, a, b, c
+
+
 def toy_data_path(split: str = "train") -> Path:
     """Path of a toy split shipped inside the package (`builtin:toy`, `builtin:toy-heldout`)."""
     return Path(str(resources.files("cgd_trainer.demo") / "data" / TOY_FILES[split]))

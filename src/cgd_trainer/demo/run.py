@@ -30,12 +30,24 @@ DEMO_RECIPE = "tiny/toy"
 DEMO_CONDITIONS = ("cgd", "distilled_sft")
 UNTRAINED = "builtin:tiny-digits"
 HELDOUT = "builtin:toy-heldout"
-IN_CONTEXT_FILE = "heldout_in_cgd_context.jsonl"
-# The two held-out benchmarks (as `cgd eval` names them) and their columns in the report: the question alone, and the
-# CGD context around it.
-ALONE, IN_CONTEXT = "toy-heldout", "heldout_in_cgd_context"
-COLUMNS = {ALONE: "question alone", IN_CONTEXT: "in CGD context"}
+# The held-out benchmarks, as `cgd eval` names them (after their files), and their columns in the report: the question
+# alone, and the question inside the CGD context, split by the verdict on the draft. A student that only repeats the
+# draft's answer scores on right drafts and nothing on wrong ones, so the wrong-draft column measures refinement.
+ALONE, RIGHT_DRAFTS, WRONG_DRAFTS = "toy-heldout", "heldout_cgd_right_drafts", "heldout_cgd_wrong_drafts"
+COLUMNS = {
+    ALONE: "question alone",
+    RIGHT_DRAFTS: "in CGD context, draft right",
+    WRONG_DRAFTS: "in CGD context, draft wrong",
+}
 ANY_NUMBER = "question alone, harness grading"
+# Training settings `cgd demo` sets itself, per condition and seed.
+OWN_TRAINING_FLAGS = {
+    "--dataset_name": "choose the sets with --conditions",
+    "--model_name_or_path": "the demo trains builtin:tiny-digits from scratch",
+    "--seed": "give the seeds with --seeds",
+    "--overwrite_output_dir": "every run is trained afresh",
+    "--config": "change a setting of the tiny/toy recipe with its own flag",
+}
 
 
 @dataclass
@@ -73,6 +85,14 @@ def toy_recipe_path() -> Path:
     return Path(recipe_path(DEMO_RECIPE))
 
 
+class DemoStepFailed(Exception):
+    """A command of the demo ended with a non-zero exit status (it has printed why)."""
+
+    def __init__(self, status: int):
+        super().__init__(f"exit status {status}")
+        self.status = status
+
+
 def _generate_and_build(dataset: str, data_dir: Path) -> Path:
     """`cgd generate` (demo backends) on a dataset, then `cgd build`; returns the sets' folder."""
     from ..commands import build, generate
@@ -81,47 +101,59 @@ def _generate_and_build(dataset: str, data_dir: Path) -> Path:
         ["--config", str(pipeline_toy_recipe_path()), "--dataset_name", dataset, "--output_dir", str(data_dir)]
     )
     if status != 0:
-        raise RuntimeError(f"`cgd generate` on {dataset} ended with status {status}; see the messages above.")
+        raise DemoStepFailed(status)
     sets = data_dir / "sets"
     status = build.main(["--input", str(data_dir / "records.jsonl"), "--output_dir", str(sets)])
     if status != 0:
-        raise RuntimeError(f"`cgd build` on {dataset} ended with status {status}; see the messages above.")
+        raise DemoStepFailed(status)
     return sets
 
 
-def make_demo_data(data_dir: str | Path, training_args: Any = None) -> tuple[Path, Path]:
+def make_demo_data(data_dir: str | Path, training_args: Any = None) -> tuple[Path, dict[str, Path]]:
     """
-    Generates and builds the training sets, and the held-out benchmark in the CGD context.
+    Generates and builds the training sets, and the held-out benchmarks in the CGD context.
 
     Args:
         data_dir (`str` or `Path`): Where the generated records and the sets go.
-        training_args (*optional*): The runs' training arguments; their `cgd_*` settings render the benchmark's
+        training_args (*optional*): The runs' training arguments; their `cgd_*` settings render the benchmarks'
             questions with the trainer's own collator (the library's defaults when `None`).
 
     Returns:
-        `tuple[Path, Path]`: The training sets' folder, and a JSONL benchmark (`id`, `question`, `answer`) whose
-        questions are the held-out CGD records' user turns exactly as `CGDTrainer` renders them (`single_turn`).
+        `tuple`: The training sets' folder, and `{benchmark name: JSONL file}` for the CGD-context benchmarks (`id`,
+        `question`, `answer`): the held-out records' user turns exactly as `CGDTrainer` renders them (`single_turn`),
+        one file for the records whose draft was right and one for those whose draft was wrong.
+
+    Raises:
+        `RuntimeError`: when a held-out question's numbers occur in the training data.
     """
     from ..collator import CritiqueCollator
     from ..sources import read_jsonl, write_jsonl
+    from .problems import toy_key
 
     collator = CritiqueCollator.from_config(training_args)
-
-    def cgd_context(record: dict[str, Any]) -> str:
-        (turn,) = collator.format(record, "single_turn")["prompt"]
-        return turn["content"]
-
     data_dir = Path(data_dir)
     sets = _generate_and_build("builtin:toy", data_dir)
     heldout_sets = _generate_and_build(HELDOUT, data_dir / "heldout")
     heldout = list(read_jsonl(heldout_sets / "cgd.jsonl"))
-    overlap = {row["prompt"] for row in read_jsonl(sets / "cgd.jsonl")} & {record["prompt"] for record in heldout}
-    if overlap:  # the split is disjoint by construction; this guards the shipped files
-        raise RuntimeError(f"{len(overlap)} held-out questions occur in the training data, e.g. {min(overlap)!r}.")
-    rows = [{"id": r["id"], "question": cgd_context(r), "answer": r["reference_answer"]} for r in heldout]
-    in_context = data_dir / IN_CONTEXT_FILE
-    write_jsonl(in_context, rows)
-    return sets, in_context
+    # Disjoint by construction; checked on the numbers, so that a question reworded with another name still counts.
+    seen = {toy_key(row["prompt"]) for row in read_jsonl(sets / "cgd.jsonl")}
+    overlap = [record["prompt"] for record in heldout if toy_key(record["prompt"]) in seen]
+    if overlap:
+        raise RuntimeError(f"{len(overlap)} held-out questions occur in the training data, e.g. {overlap[0]!r}.")
+    files = {}
+    for name, verdict in ((RIGHT_DRAFTS, "right"), (WRONG_DRAFTS, "wrong")):
+        rows = [
+            {
+                "id": record["id"],
+                "question": collator.format(record, "single_turn")["prompt"][0]["content"],
+                "answer": record["reference_answer"],
+            }
+            for record in heldout
+            if record["verdict"] == verdict
+        ]
+        files[name] = data_dir / f"{name}.jsonl"
+        write_jsonl(files[name], rows)
+    return sets, files
 
 
 def resolve_conditions(names: list[str]) -> list[str]:
@@ -129,18 +161,17 @@ def resolve_conditions(names: list[str]) -> list[str]:
     from ..commands.parser import UsageError, did_you_mean
     from ..conditions.config import CONDITIONS
 
-    if "all" in names:
-        return list(CONDITIONS)
     for name in names:
-        if name not in CONDITIONS:
+        if name not in (*CONDITIONS, "all"):
             raise UsageError(
                 f"--conditions: unknown condition {name!r}{did_you_mean(name, CONDITIONS)}; "
                 f"choose from {', '.join(CONDITIONS)} or all."
             )
-    return [name for name in CONDITIONS if name in names]
+    return list(CONDITIONS) if "all" in names else [name for name in CONDITIONS if name in names]
 
 
 def run_label(condition: str, seed: int) -> str:
+    """The label of one trained model in the evaluation."""
     return f"{condition} (seed {seed})"
 
 
@@ -164,7 +195,7 @@ def aggregate(summary: dict[str, Any], conditions: list[str], seeds: list[int]) 
     groups = {"untrained": ["untrained"]} | {c: [run_label(c, s) for s in seeds] for c in conditions}
     for name, labels in groups.items():
         row: dict[str, Any] = {}
-        for benchmark in (ALONE, IN_CONTEXT):
+        for benchmark in COLUMNS:
             row[benchmark] = spread([summary["results"][label][benchmark]["accuracy"] for label in labels])
         # The harness grading also reads an unboxed final number: the `sft` targets are bare reference answers.
         row[ANY_NUMBER] = spread(
@@ -178,7 +209,7 @@ def aggregate(summary: dict[str, Any], conditions: list[str], seeds: list[int]) 
     return table
 
 
-def render_table(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
+def render_table(table: dict[str, dict[str, Any]]) -> str:
     """The comparison as a markdown table (percentages, `mean ± sd` when there are several seeds)."""
     from ..evaluation.report import markdown_table, percent
 
@@ -186,14 +217,16 @@ def render_table(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
         text = percent(value["mean"])
         return text if value["sd"] is None else f"{text} ± {percent(value['sd'])}"
 
-    headers = ["student", *(f"held-out, {COLUMNS[b]} (%)" for b in (ALONE, IN_CONTEXT)), f"held-out, {ANY_NUMBER} (%)"]
+    keys = (*COLUMNS, ANY_NUMBER, "boxed_rate", "critique_rate")
+    headers = ["student", *(f"{COLUMNS[key]} (%)" for key in COLUMNS), f"{ANY_NUMBER} (%)"]
     headers += ["boxed (%)", "critique-style (%)"]
-    keys = (ALONE, IN_CONTEXT, ANY_NUMBER, "boxed_rate", "critique_rate")
     rows = [[name, *(cell(row[key]) for key in keys)] for name, row in table.items()]
     return markdown_table(headers, rows)
 
 
-def write_report(table: dict[str, dict[str, Any]], summary: dict[str, Any], args: DemoArguments, seconds: dict) -> str:
+def write_report(
+    table: dict[str, dict[str, Any]], summary: dict[str, Any], args: DemoArguments, seconds: dict[str, float]
+) -> str:
     """Writes `comparison.md`, `comparison.json` and `comparison.png` under the output folder; returns the markdown."""
     from ..evaluation.report import plot_benchmark_accuracy
 
@@ -202,22 +235,25 @@ def write_report(table: dict[str, dict[str, Any]], summary: dict[str, Any], args
     means = {name: {COLUMNS[b]: row[b]["mean"] for b in COLUMNS} for name, row in table.items()}
     errors = {name: {COLUMNS[b]: row[b]["sd"] for b in COLUMNS} for name, row in table.items()}
     plot_benchmark_accuracy(means, out / "comparison.png", title=f"Held-out accuracy (seeds {seeds})", errors=errors)
-    questions = summary["benchmarks"][0]["problems"]
+    counts = {benchmark["name"]: benchmark["problems"] for benchmark in summary["benchmarks"]}
     text = "\n".join(
         [
             "# cgd demo: held-out accuracy per condition",
             "",
-            f"The toy task's {questions} held-out questions (never in training), greedy, graded with the "
-            f"`{summary['config']['protocol']}` preset. Seeds: {seeds}. Training: the `{DEMO_RECIPE}` recipe, the "
-            f"same budget for every condition. Untrained: `{UNTRAINED}` before training.",
+            f"The toy task's {counts[ALONE]} held-out questions (never in training; {counts[RIGHT_DRAFTS]} with a "
+            f"right draft and {counts[WRONG_DRAFTS]} with a wrong one), greedy, graded with the "
+            f"`{summary['config']['protocol']}` preset. Seeds: {seeds} (a seed orders the training data; every run "
+            f"starts from the same `{UNTRAINED}` weights). Training: the `{DEMO_RECIPE}` recipe, the same budget for "
+            "every condition. Untrained: that model before training.",
             "",
-            render_table(table, args.seeds),
+            render_table(table),
             "",
             f"- **{COLUMNS[ALONE]}**: the paper's inference — the question as the only user turn, no system prompt.",
-            f"- **{COLUMNS[IN_CONTEXT]}**: the question inside the CGD training context, with the held-out draft and "
-            "critique of the demo student and teacher; only the CGD-context conditions are trained on this input.",
-            f"- **{ANY_NUMBER}**: the same answers graded by the harness preset, which also reads a final number "
-            "without a box (the `sft` condition trains on the bare reference answers).",
+            "- **in CGD context**: the question inside the CGD training context, with the held-out draft and critique "
+            "of the demo student and teacher, split by the verdict on the draft (a student that repeats the draft's "
+            "answer scores on right drafts only); only the CGD-context conditions are trained on this input.",
+            f"- **{ANY_NUMBER}**: the answers to the question alone graded by the harness preset, which also reads "
+            "a final number without a box (the `sft` condition trains on the bare reference answers).",
             "- boxed and critique-style: format drift of the answers to the question alone.",
             "",
             f"Training seconds per run: {json.dumps(seconds)}. Evaluation: {summary['seconds']} s "
@@ -234,22 +270,34 @@ def write_report(table: dict[str, dict[str, Any]], summary: dict[str, Any], args
 
 def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
     """
-    Splits the arguments into the demo's own settings and the training flags, checked by the train parser.
+    Splits the arguments into the demo's own settings and the training flags, and checks both before any work.
 
     Returns:
         `tuple`: The [`DemoArguments`], the training flags, and the training arguments they give with the recipe.
+
+    Raises:
+        [`UsageError`]: for a setting the demo makes itself, a bad demo setting, a misspelt training flag, or a
+            missing evaluation extra.
     """
     from transformers import HfArgumentParser
 
     from ..commands import train
     from ..commands.parser import UsageError
 
-    (args, training_flags) = HfArgumentParser((DemoArguments,), prog="cgd demo").parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
-    if any(flag == "--config" or flag.startswith("--config=") for flag in training_flags):
-        raise UsageError("cgd demo trains with its own recipe (tiny/toy); change a setting with its flag instead.")
-    # Missing evaluation extras and misspelt training flags fail here, before minutes of training.
+    # No abbreviations: `--seed 7` must not silently become `--seeds 7`.
+    parser = HfArgumentParser((DemoArguments,), prog="cgd demo", allow_abbrev=False)
+    args, training_flags = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    for flag in training_flags:
+        name = flag.split("=", 1)[0]
+        if name in OWN_TRAINING_FLAGS:
+            raise UsageError(f"cgd demo sets {name} itself for each run: {OWN_TRAINING_FLAGS[name]}.")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds: each seed once, got {' '.join(map(str, args.seeds))}.")
+    if args.eval_problems is not None and args.eval_problems < 1:
+        raise UsageError(f"--eval_problems: at least 1 (or leave it out for all), got {args.eval_problems}.")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens: at least 1, got {args.max_new_tokens}.")
+    resolve_conditions(args.conditions)
     for module in ("math_verify", "matplotlib"):
         try:
             importlib.import_module(module)
@@ -267,51 +315,29 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
     return args, training_flags, training_args
 
 
-def main(argv: list[str]) -> int:
+def evaluate_and_report(
+    args: DemoArguments, benchmarks: dict[str, Path], seconds: dict[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
     """
-    `cgd demo [--conditions ...] [--seeds ...] [training flags]`: generate, build, train each condition from scratch,
-    evaluate on the held-out questions and print the comparison.
-    """
-    import time
+    Evaluates the untrained model and the trained runs of `args` (in `<output_dir>/<condition>/seed-<seed>`) with
+    `cgd eval`, writes the comparison and prints it. A rerun reuses the samples already in `<output_dir>/eval`.
 
-    from ..commands import train
+    Returns:
+        `dict`: The comparison table (see [`aggregate`]).
+    """
     from ..evaluation import EvalConfig, run_eval
 
-    args, training_flags, training_args = parse(argv)
-    conditions = resolve_conditions(args.conditions)
     out = Path(args.output_dir)
-    sets, in_context = make_demo_data(out / "data", training_args)
-
-    models: list[dict[str, str]] = [{"label": "untrained", "model": UNTRAINED}]
-    seconds: dict[str, float] = {}
-    for seed in args.seeds:
-        for condition in conditions:
-            run_dir = out / condition / f"seed-{seed}"
-            started = time.time()
-            status = train.main(
-                [
-                    "--config",
-                    str(toy_recipe_path()),
-                    "--dataset_name",
-                    str(sets / f"{condition}.jsonl"),
-                    "--output_dir",
-                    str(run_dir),
-                    "--seed",
-                    str(seed),
-                    "--overwrite_output_dir",
-                    "true",
-                    *training_flags,
-                ],  # fmt: skip
-                prog="cgd demo",
-            )
-            if status != 0:
-                return status
-            seconds[run_label(condition, seed)] = round(time.time() - started, 1)
-            models.append({"label": run_label(condition, seed), "model": str(run_dir)})
-
+    conditions = resolve_conditions(args.conditions)
+    models = [{"label": "untrained", "model": UNTRAINED}]
+    models += [
+        {"label": run_label(condition, seed), "model": str(out / condition / f"seed-{seed}")}
+        for seed in args.seeds
+        for condition in conditions
+    ]
     config = EvalConfig(
         models=models,
-        benchmarks=[HELDOUT, str(in_context)],
+        benchmarks=[HELDOUT, *(str(path) for path in benchmarks.values())],
         system_prompt="",
         max_new_tokens=args.max_new_tokens,
         max_problems=args.eval_problems,
@@ -320,6 +346,48 @@ def main(argv: list[str]) -> int:
     )
     summary = run_eval(config)["summary"]
     table = aggregate(summary, conditions, args.seeds)
-    print("\n" + write_report(table, summary, args, seconds))
+    print("\n" + write_report(table, summary, args, seconds or {}))
     print(f"Report: {out / 'comparison.md'}")
+    return table
+
+
+def main(argv: list[str]) -> int:
+    """
+    `cgd demo [--conditions ...] [--seeds ...] [training flags]`: generate, build, train each condition from scratch,
+    evaluate on the held-out questions and print the comparison. Returns the exit status.
+    """
+    import time
+
+    from ..commands import train
+
+    args, training_flags, training_args = parse(argv)
+    out = Path(args.output_dir)
+    try:
+        sets, benchmarks = make_demo_data(out / "data", training_args)
+    except DemoStepFailed as failure:
+        return failure.status
+    seconds: dict[str, float] = {}
+    for seed in args.seeds:
+        for condition in resolve_conditions(args.conditions):
+            started = time.time()
+            status = train.main(
+                [
+                    "--config",
+                    str(toy_recipe_path()),
+                    "--dataset_name",
+                    str(sets / f"{condition}.jsonl"),
+                    "--output_dir",
+                    str(out / condition / f"seed-{seed}"),
+                    "--seed",
+                    str(seed),
+                    "--overwrite_output_dir",
+                    "true",
+                    *training_flags,
+                ],
+                prog="cgd demo",
+            )
+            if status != 0:
+                return status
+            seconds[run_label(condition, seed)] = round(time.time() - started, 1)
+    evaluate_and_report(args, benchmarks, seconds)
     return 0
