@@ -171,7 +171,7 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     # task, and the CGD student fixes wrong drafts in its context, which repeating the draft cannot do. A mask off by
     # one, a wrong training set or an inference prompt unlike training's would break one of these.
     assert table["distilled_sft"][demo.ALONE]["mean"] >= untrained[demo.ALONE]["mean"] + 0.1
-    assert table["cgd"][demo.WRONG_DRAFTS]["mean"] >= untrained[demo.WRONG_DRAFTS]["mean"] + 0.05
+    assert table["cgd"][demo.WRONG_DRAFTS]["mean"] >= untrained[demo.WRONG_DRAFTS]["mean"] + 0.1
     assert (out / "comparison.png").stat().st_size > 0
     assert "![held-out accuracy](comparison.png)" in (out / "comparison.md").read_text()
     summary = json.loads((out / "eval" / "summary.json").read_text())
