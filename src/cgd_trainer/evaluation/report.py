@@ -62,8 +62,8 @@ def plot_benchmark_accuracy(
             or `None` value draws no bar.
         path (`str` or `Path`): Where to save the PNG.
         title (`str`): Title of the figure.
-        errors (`Mapping[str, Mapping[str, float]]`, *optional*): Same shape: a standard deviation (in [0, 1]) drawn
-            as an error bar on each bar that has one (e.g. over seeds).
+        errors (`Mapping[str, Mapping[str, float | None]]`, *optional*): Same shape: a standard deviation (in
+            [0, 1]) drawn as an error bar on each bar that has one (e.g. over seeds).
 
     Returns:
         `Path`: The saved file.
@@ -90,8 +90,11 @@ def plot_benchmark_accuracy(
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 105)
     axes.set_title(title)
-    # Below the axes, so that the legend never hides a bar near 100%.
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(4, max(1, len(models))))
+    # Below the axes (and below tick labels of several lines), so that the legend never hides a bar near 100%.
+    lines = max((name.count("\n") + 1 for name in benchmarks), default=1)
+    axes.legend(
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.03 - 0.07 * lines), ncol=min(4, max(1, len(models)))
+    )
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path = Path(path)
