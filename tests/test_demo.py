@@ -164,7 +164,7 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert "held-out, question alone (%)" in printed and "| untrained |" in printed
+    assert "| question alone (%) |" in printed and "| untrained |" in printed
     table = json.loads((out / "comparison.json").read_text())
     untrained = table["untrained"]
     # The learning signal CI guards: distilled SFT (the same trainer, the question alone at inference) learns the
