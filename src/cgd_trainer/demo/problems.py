@@ -289,12 +289,17 @@ def toy_questions(split: str, seed: int = DEMO_SEED) -> list[dict]:
     """
     if split not in TOY_FILES:
         raise ValueError(f"`split` must be one of {sorted(TOY_FILES)}, got {split!r}.")
+
+    def span(spec: dict, key: str) -> range:
+        low, high = spec["values"][key]
+        return range(low, high + 1)
+
     keys = [
         (index, a, b, c)
         for index, spec in enumerate(TOY_PROBLEMS)
-        for a in range(1, 10)
-        for b in range(1, 10)
-        for c in range(1, 10)
+        for a in span(spec, "a")
+        for b in span(spec, "b")
+        for c in span(spec, "c")
         if spec["op"] == "add" or c <= a + b
     ]
     rng = random.Random(seed)

@@ -166,6 +166,14 @@ def build_model(tokenizer, family: str = "chatml", hidden_size: int = 64, num_la
 
 # The built-in model: small enough for a CPU, big enough that its loss visibly falls in the demo.
 BUILTIN_SIZE = {"hidden_size": 128, "num_layers": 4}
+# The built-in models by name (`builtin:tiny-<name>`): the tokenizer family and how the tokenizer is trained (a
+# corpus function and options; the default corpus when none is given).
+BUILTIN_TOKENIZERS = {
+    "chatml": ("chatml", {}),
+    "llama3": ("llama3", {}),
+    "plain": ("plain", {}),
+    "digits": ("chatml", {"corpus": toy_corpus, "vocab_size": 1000, "split_digits": True}),
+}
 
 
 def prepare_builtin_model(name: str, output_dir: str) -> str:
@@ -183,19 +191,17 @@ def prepare_builtin_model(name: str, output_dir: str) -> str:
     """
     from accelerate import PartialState
 
-    family = name.removeprefix("builtin:").removeprefix("tiny-")
-    digits = family == "digits"
-    if family not in FAMILIES and not digits:
-        names = [f"builtin:tiny-{f}" for f in (*FAMILIES, "digits")]
+    key = name.removeprefix("builtin:").removeprefix("tiny-")
+    if key not in BUILTIN_TOKENIZERS:
+        names = [f"builtin:tiny-{k}" for k in BUILTIN_TOKENIZERS]
         raise ValueError(f"Unknown built-in model {name!r}; the built-in models are {names}.")
+    family, options = BUILTIN_TOKENIZERS[key]
+    options = dict(options)
+    corpus = options.pop("corpus", None)
     path = Path(output_dir) / "base-model"
     with PartialState().main_process_first():
         if not (path / "config.json").exists():
-            if digits:
-                family = "chatml"
-                tokenizer = build_tokenizer(family, toy_corpus(), vocab_size=1000, split_digits=True)
-            else:
-                tokenizer = build_tokenizer(family)
+            tokenizer = build_tokenizer(family, corpus() if corpus else None, **options)
             model = build_model(tokenizer, family, **BUILTIN_SIZE)
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)
