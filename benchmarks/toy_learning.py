@@ -15,6 +15,8 @@ The method in miniature, end to end, with no network:
 
     python benchmarks/toy_learning.py                    # one seed, about 7 minutes on 2 cores
     python benchmarks/toy_learning.py --seeds 0 1 2 --finetune_lr 2e-4
+    python benchmarks/toy_learning.py --seeds 0 1 2 --pretrain_formats general --pretrain_steps 700 \
+        --finetune_steps 40 --finetune_lr 3e-4   # a sturdier base, a small CGD budget (about 3 minutes a seed)
 
 Results and what they mean: docs/performance.md ("Toy-scale learning").
 """
@@ -56,6 +58,25 @@ def imperfect(a: int, b: int, c: int, rng: random.Random) -> str:
     if kind == "operation":
         return f"{a} + {b} = {total}.\n{total} + {c} = {total + c}.\nSo the answer is \\boxed{{{total + c}}}."
     return f"{a} + {b} = {total}.\nSo the answer is \\boxed{{{total}}}."
+
+
+def user_turn(text: str, form: str, rng: random.Random, pool: list[tuple[int, int, int]]) -> str:
+    """A pretraining question in one of the base student's prompt forms (`general` pretraining mixes them)."""
+    if form == "plain":
+        return text
+    other = rng.choice(pool)
+    if form == "heading":
+        return f"Solve this problem.\n\n### Question\n{text}"
+    if form == "example":
+        return f"### Example\n{question(*other, rng)}\n{solution(*other)}\n\n### Question\n{text}"
+    if form == "notes":
+        return f"### Question\n{text}\n\n### Notes\n{question(*other, rng)}"
+    raise ValueError(f"unknown prompt form {form!r}")
+
+
+# A real student has answered questions in many prompt shapes before it meets the CGD context; `general` pretraining
+# gives the toy base some of that (none of the forms holds a draft or a critique).
+PRETRAIN_FORMS = {"plain": ("plain",), "general": ("plain", "heading", "example", "notes")}
 
 
 def critique(a: int, b: int, c: int, draft: str) -> str:
@@ -175,7 +196,14 @@ def run(seed: int, options: argparse.Namespace) -> dict[str, float]:
     pretraining = [rng.choice(pool) for _ in range(options.pretrain_records)]
     rows = [
         {
-            "prompt": [{"role": "user", "content": question(*t, rng)}],
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": question(*t, rng)
+                    if options.pretrain_formats == "plain"
+                    else user_turn(question(*t, rng), rng.choice(PRETRAIN_FORMS[options.pretrain_formats]), rng, pool),
+                }
+            ],
             "completion": [{"role": "assistant", "content": imperfect(*t, rng)}],
         }
         for t in pretraining
@@ -221,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--pretrain_records", type=int, default=2000)
+    parser.add_argument("--pretrain_formats", choices=sorted(PRETRAIN_FORMS), default="plain")
     parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--finetune_records", type=int, default=600)
     parser.add_argument("--finetune_steps", type=int, default=300)
@@ -232,7 +261,10 @@ def main() -> None:
     disable_progress_bar()
     hf_logging.set_verbosity_error()
     runs = [run(seed, options) for seed in options.seeds]
-    print(f"\nheld-out accuracy, {len(runs)} seed(s), fine-tuning lr {options.finetune_lr}:")
+    print(
+        f"\nheld-out accuracy, {len(runs)} seed(s), {options.pretrain_formats} pretraining "
+        f"({options.pretrain_steps} steps), fine-tuning {options.finetune_steps} steps at lr {options.finetune_lr}:"
+    )
     for name in ("base", "drafts", *CONDITIONS):
         values = [r[name] for r in runs]
         spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
