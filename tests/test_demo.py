@@ -206,3 +206,36 @@ def test_in_context_benchmark_is_the_prompt_the_cgd_student_is_trained_on(tmp_pa
             [{"role": "user", "content": question["question"]}], add_generation_prompt=True, return_dict=True
         )["input_ids"]
         assert row["input_ids"][:trained_from] == list(asked)
+
+
+def test_demo_rerun_keeps_finished_runs_and_retrains_changed_ones(tmp_path, capsys):
+    """A rerun of `cgd demo` reuses a run that finished with the same settings; other settings or --retrain train."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--output_dir", str(out), "--conditions", "distilled_sft", "--seeds", "3", "--max_steps", "4"]
+    argv += ["--eval_problems", "2", "--max_new_tokens", "4", "--logging_steps", "4"]
+    run_dir = out / "distilled_sft" / "seed-3"
+    assert cli.main(argv) == 0
+    weights = next(run_dir.glob("*.safetensors"))
+    trained = weights.stat().st_mtime_ns
+    finished = json.loads((run_dir / demo.FINISHED).read_text())
+    assert finished["fingerprint"]["training_flags"][:2] == ["--max_steps", "4"]
+    capsys.readouterr()
+
+    assert cli.main(argv) == 0
+    assert f"reusing {run_dir}" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == trained
+    assert (out / "comparison.md").exists()
+
+    # Another training setting, or an unfinished run (no marker: it crashed), is not reused.
+    data = out / "data" / "sets" / "distilled_sft.jsonl"
+    fingerprint = demo.run_fingerprint("distilled_sft", 3, data, finished["fingerprint"]["training_flags"])
+    assert demo.finished_seconds(run_dir, fingerprint) == finished["seconds"]
+    changed = demo.run_fingerprint("distilled_sft", 3, data, ["--max_steps", "5"])
+    assert demo.finished_seconds(run_dir, changed) is None
+    assert demo.finished_seconds(run_dir, demo.run_fingerprint("distilled_sft", 4, data, [])) is None
+
+    assert cli.main([*argv, "--retrain", "true"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns > trained
+    (run_dir / demo.FINISHED).unlink()
+    assert demo.finished_seconds(run_dir, fingerprint) is None

@@ -12,7 +12,8 @@
 
 `cgd demo` alone trains CGD and distilled SFT (the same refined answers, question alone) with one seed;
 `cgd demo --conditions all --seeds 0 1 2` (`make replicate`) trains every condition `cgd build` writes. Other flags
-go to training, e.g. `--max_steps 100`.
+go to training, e.g. `--max_steps 100`. A rerun (after a crash, or with more conditions or seeds) keeps every run that
+finished with the same settings and data, and `cgd eval` reuses their samples; `--retrain true` trains them again.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ OWN_TRAINING_FLAGS = {
     "--dataset_name": "choose the sets with --conditions",
     "--model_name_or_path": "the demo trains builtin:tiny-digits from scratch",
     "--seed": "give the seeds with --seeds",
-    "--overwrite_output_dir": "every run is trained afresh",
+    "--overwrite_output_dir": "a rerun trains afresh what is not finished; --retrain true trains everything again",
     "--config": "change a setting of the tiny/toy recipe with its own flag",
 }
 
@@ -61,6 +62,7 @@ class DemoArguments:
         seeds (`list[int]`): Training seeds; each condition is trained once per seed.
         eval_problems (`int`, *optional*): Score only the first held-out questions (all 160 by default).
         max_new_tokens (`int`): Token budget of each evaluated answer.
+        retrain (`bool`): Train every run again, even those a previous `cgd demo` finished with the same settings.
     """
 
     output_dir: str = field(default=DEMO_OUTPUT_DIR, metadata={"help": "Data, models, evaluation and report."})
@@ -71,6 +73,9 @@ class DemoArguments:
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "Training seeds."})
     eval_problems: int | None = field(default=None, metadata={"help": "First held-out questions only."})
     max_new_tokens: int = field(default=96, metadata={"help": "Token budget of each evaluated answer."})
+    retrain: bool = field(
+        default=False, metadata={"help": "Train every run again, even those finished with the same settings."}
+    )
 
 
 def pipeline_toy_recipe_path() -> Path:
@@ -168,6 +173,36 @@ def resolve_conditions(names: list[str]) -> list[str]:
                 f"choose from {', '.join(CONDITIONS)} or all."
             )
     return list(CONDITIONS) if "all" in names else [name for name in CONDITIONS if name in names]
+
+
+FINISHED = "demo_run.json"
+
+
+def run_fingerprint(condition: str, seed: int, data: Path, training_flags: list[str]) -> dict[str, Any]:
+    """What a trained run depends on: its condition, seed, training set (by content), recipe and training flags."""
+    import hashlib
+
+    from .. import __version__
+
+    return {
+        "condition": condition,
+        "seed": seed,
+        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "recipe_sha256": hashlib.sha256(toy_recipe_path().read_bytes()).hexdigest(),
+        "training_flags": list(training_flags),
+        "cgd_trainer": __version__,
+    }
+
+
+def finished_seconds(run_dir: Path, fingerprint: dict[str, Any]) -> float | None:
+    """The training seconds of a run a previous `cgd demo` finished with the same fingerprint, else `None`."""
+    try:
+        finished = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if finished.get("fingerprint") != fingerprint or not (run_dir / "config.json").exists():
+        return None
+    return finished.get("seconds")
 
 
 def run_label(condition: str, seed: int) -> str:
@@ -372,15 +407,25 @@ def main(argv: list[str]) -> int:
     seconds: dict[str, float] = {}
     for seed in args.seeds:
         for condition in resolve_conditions(args.conditions):
+            run_dir = out / condition / f"seed-{seed}"
+            data = sets / f"{condition}.jsonl"
+            fingerprint = run_fingerprint(condition, seed, data, training_flags)
+            # A rerun (after a crash, or to add conditions or seeds) keeps what already finished with these settings.
+            reused = None if args.retrain else finished_seconds(run_dir, fingerprint)
+            if reused is not None:
+                print(f"cgd demo: reusing {run_dir}, trained with the same settings (--retrain true trains it again).")
+                seconds[run_label(condition, seed)] = reused
+                continue
+            (run_dir / FINISHED).unlink(missing_ok=True)
             started = time.time()
             status = train.main(
                 [
                     "--config",
                     str(toy_recipe_path()),
                     "--dataset_name",
-                    str(sets / f"{condition}.jsonl"),
+                    str(data),
                     "--output_dir",
-                    str(out / condition / f"seed-{seed}"),
+                    str(run_dir),
                     "--seed",
                     str(seed),
                     "--overwrite_output_dir",
@@ -392,5 +437,7 @@ def main(argv: list[str]) -> int:
             if status != 0:
                 return status
             seconds[run_label(condition, seed)] = round(time.time() - started, 1)
+            finished = {"fingerprint": fingerprint, "seconds": seconds[run_label(condition, seed)]}
+            (run_dir / FINISHED).write_text(json.dumps(finished, indent=2) + "\n", encoding="utf-8")
     evaluate_and_report(args, benchmarks, seconds)
     return 0
