@@ -21,7 +21,8 @@ install: $(VENV)/.installed
 
 # The paper's comparison in miniature, offline: generate CGD data on the toy task (demo student and teacher), build the
 # training sets, train a small model from scratch on CGD and on distilled SFT, score both and the untrained model on
-# held-out questions, print the table (about 5 minutes on 2 cores). Each run retrains afresh.
+# held-out questions, print the table (about 5 minutes on 2 cores). A rerun keeps runs that finished with the same
+# settings (`DEMO_ARGS="--retrain true"` trains them again).
 demo: install
 	$(VENV)/bin/cgd demo $(DEMO_ARGS)
 
