@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from cgd_trainer import DEFAULT_INSTRUCTION, CGDConfig, CGDTrainer, CritiqueCollator
+from cgd_trainer.trainer import rounded_away_share
 from helpers import build_model, check_dataloader, make_config, make_records
 
 
@@ -428,3 +429,45 @@ def test_explicit_completion_only_loss_false_warns_and_trains_everything(tmp_pat
     assert "is not CGD" in caplog.text
     row = trainer.train_dataset[0]
     assert row["labels"] == row["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "dtype, learning_rate, warned",
+    [(torch.bfloat16, 1e-6, True), (torch.float32, 1e-6, False), (torch.bfloat16, 1e-2, False)],
+)
+def test_warns_when_updates_round_away_in_16_bit_weights(
+    tmp_path, tokenizers, dataset, caplog, dtype, learning_rate, warned
+):
+    """bf16 weights with the paper's learning rate and no float32 master copy barely move: a warning says so and how
+    to fix it. Float32 weights, or steps large enough for bf16, train without it."""
+    model = build_model(tokenizers["chatml"], "chatml").to(dtype)
+    before = [param.detach().clone() for param in model.parameters()]
+    trainer = CGDTrainer(
+        model=model,
+        args=make_config(tmp_path, learning_rate=learning_rate, max_steps=1),
+        train_dataset=dataset,
+        processing_class=tokenizers["chatml"],
+    )
+    with caplog.at_level(logging.WARNING, logger="cgd_trainer"):
+        trainer.train()
+    assert ("updates round away" in caplog.text) == warned
+    if warned:
+        assert "`dtype: float32`" in caplog.text and "DeepSpeed" in caplog.text
+    # The premise, checked on the real update: the share of weights the step changed.
+    changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+    share = changed / sum(b.numel() for b in before)
+    assert (share < 0.5) == warned, share
+
+
+def test_rounded_away_share_matches_bf16_rounding():
+    weights = torch.nn.Parameter(torch.tensor([0.02, -0.02, 1.0, 0.0, 3e-5], dtype=torch.bfloat16))
+    for step in (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2):
+        rounded = [float((w + step).to(torch.bfloat16)) == float(w) for w in weights.detach().float()]
+        assert rounded_away_share([weights], step) == (sum(rounded) / len(rounded), torch.bfloat16), step
+    assert rounded_away_share([torch.nn.Parameter(torch.ones(3))], 1e-9) == (0.0, None)
+    assert rounded_away_share(
+        [torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16), requires_grad=False)], 1e-9
+    ) == (
+        0.0,
+        None,
+    )

@@ -138,6 +138,7 @@ class CGDTrainer(SFTTrainer):
             formatting_func=formatting_func,
         )
         self._cgd_pending.clear()
+        self.add_callback(_UpdatePrecisionCheck(self))
         if isinstance(data_collator, CritiqueCollator) and data_collator.processing_class is None:
             data_collator.processing_class = self.processing_class
         advice = packed_attention_advice(
@@ -421,6 +422,73 @@ def packed_attention_advice(attn_implementation: str | None, padding_free: bool,
         "flash-attn) or 'flex_attention' (in torch), or train padded with packing=False and "
         "train_sampling_strategy='group_by_length'."
     )
+
+
+# Explicit mantissa bits of the 16-bit float types weights may be stored in.
+_MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}
+
+
+def rounded_away_share(parameters, step_size: float, sample: int = 4096) -> tuple[float, torch.dtype | None]:
+    """
+    The share of trainable weights stored in a 16-bit float that an update of `step_size` would leave unchanged.
+
+    An update rounds away when it is smaller than half the spacing of the representable numbers near the weight. Adam
+    style optimizers step each weight by about the learning rate, so with bf16 weights of ~0.02 any learning rate
+    under ~6e-5 is lost (the paper trains at 1e-6), unless the optimizer keeps float32 master weights.
+
+    Args:
+        parameters: The model's parameters (frozen ones are skipped; sharded DTensors are read through their shard).
+        step_size: The size of one update, e.g. the learning rate.
+        sample: At most this many values are read per tensor, evenly spaced.
+
+    Returns:
+        `tuple`: The share of the sampled trainable values whose update rounds away, and the 16-bit dtype they are
+        stored in (`None` when every trainable weight is in a wider type).
+    """
+    lost = total = 0
+    dtype = None
+    for param in parameters:
+        if not param.requires_grad:
+            continue
+        values = param.detach()
+        values = values.to_local() if hasattr(values, "to_local") else values
+        values = values.reshape(-1)
+        if values.numel() == 0:
+            continue
+        values = values[:: max(1, values.numel() // sample)]
+        total += values.numel()
+        bits = _MANTISSA_BITS.get(values.dtype)
+        if bits is None:
+            continue
+        dtype = values.dtype
+        # |w| = m * 2**e with m in [0.5, 1): the spacing near w is 2**(e - 1 - bits).
+        _, exponent = torch.frexp(values.float())
+        half_spacing = torch.ldexp(torch.ones_like(values, dtype=torch.float32), exponent - 2 - bits)
+        lost += int(((values != 0) & (half_spacing > step_size)).sum())
+    return (lost / total if total else 0.0), dtype
+
+
+class _UpdatePrecisionCheck(TrainerCallback):
+    """Warns, once training starts (after FSDP's float32 upcast, if any), when most updates would round away."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # DeepSpeed keeps float32 master weights in its optimizer whatever the module's dtype.
+        if model is None or self.trainer.is_deepspeed_enabled or not state.is_world_process_zero:
+            return
+        share, dtype = rounded_away_share(model.parameters(), args.learning_rate)
+        if share > 0.5:
+            name = str(dtype).removeprefix("torch.")
+            logger.warning(
+                f"{share:.0%} of the trainable weights are stored in {name}, and an optimizer step of about the "
+                f"learning rate ({args.learning_rate:g}) is below half the gap between {name} numbers near them: "
+                "those updates round away and the model barely trains. Load the model in float32 (`dtype: float32`, "
+                "or `model_init_kwargs={'dtype': 'float32'}`; `bf16: true` still computes in bf16), or use DeepSpeed "
+                "ZeRO, which keeps float32 master weights. Under FSDP2, accelerate upcasts to float32 itself when "
+                "`mixed_precision` is set (except accelerate 1.13.0, where the upcast does nothing)."
+            )
 
 
 def _format_row(example, collator, layout):
