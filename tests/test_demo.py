@@ -150,6 +150,7 @@ def test_comparison_reports_mean_and_sd_over_seeds_with_a_plot(tmp_path):
     args = demo.DemoArguments(output_dir=str(tmp_path), conditions=["cgd"], seeds=[0, 1])
     text = demo.write_report(table, summary, args, {"cgd (seed 0)": 1.0})
     assert "| cgd | 30.0 ± 14.1 | 30.0 ± 14.1 | 30.0 ± 14.1 | 40.0 ± 14.1 |" in text
+    assert "docs/demo.md" in text  # a newcomer reading only the printed table is told where its meaning is
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert json.loads((tmp_path / "comparison.json").read_text())["cgd"][demo.ALONE]["values"] == [0.2, 0.4]
 

@@ -297,6 +297,9 @@ def write_report(
             f"Training seconds per run: {json.dumps(seconds)}. Evaluation: {summary['seconds']} s "
             "(`eval/report.md` has every model and sample).",
             "",
+            "A from-scratch toy checks the machinery, not the paper's claim: docs/demo.md in cgd-trainer says what "
+            "these numbers do and do not show, with the measured tables.",
+            "",
             "![held-out accuracy](comparison.png)",
             "",
         ]
