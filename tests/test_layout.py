@@ -134,6 +134,10 @@ def test_registries_name_real_classes():
     for path in {**BUILTIN_DATASETS, **BUILTIN_MODELS}.values():
         module, _, attr = path.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), path
+    # `sources` names the built-in models without importing the demo; the demo's registry builds them.
+    from cgd_trainer.demo.tiny import BUILTIN_TOKENIZERS
+
+    assert set(BUILTIN_MODELS) == {f"builtin:tiny-{key}" for key in BUILTIN_TOKENIZERS}
 
 
 PROBE = """

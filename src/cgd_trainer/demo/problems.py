@@ -72,9 +72,10 @@ PROBLEMS = [
 # The toy task of the demo that learns (`cgd demo`): the same two-step shape with digits 1-9 and an addition first,
 # small enough for a model trained from scratch on a CPU to learn. Its (a, b, c) triples are split once into training
 # and held-out questions (`toy_questions`).
+TOY_VALUES = {"name": NAMES, "item": ITEMS, "a": (1, 9), "b": (1, 9), "c": (1, 9)}
 TOY_PROBLEMS = [
     {
-        "values": {"name": NAMES, "item": ITEMS, "a": (1, 9), "b": (1, 9), "c": (1, 9)},
+        "values": TOY_VALUES,
         "first": "add",
         "op": "subtract",
         "question": "{name} has {a} {item}, finds {b} more, then gives {c} away. How many {item} does {name} have "
@@ -82,7 +83,7 @@ TOY_PROBLEMS = [
         "steps": ["{name} has {a} and finds {b}: {a} + {b} = {p} {item}.", "Giving {c} away: {p} − {c} = {r} {item}."],
     },
     {
-        "values": {"name": NAMES, "item": ITEMS, "a": (1, 9), "b": (1, 9), "c": (1, 9)},
+        "values": TOY_VALUES,
         "first": "add",
         "op": "add",
         "question": "{name} has {a} {item} and gets {b} more on Monday and {c} more on Tuesday. How many {item} does "
