@@ -138,7 +138,9 @@ class CGDTrainer(SFTTrainer):
             formatting_func=formatting_func,
         )
         self._cgd_pending.clear()
-        self.add_callback(_UpdatePrecisionCheck(self))
+        # DeepSpeed keeps float32 master weights in its optimizer whatever the module's dtype: nothing to check.
+        if not self.is_deepspeed_enabled:
+            self.add_callback(_UpdatePrecisionCheck())
         if isinstance(data_collator, CritiqueCollator) and data_collator.processing_class is None:
             data_collator.processing_class = self.processing_class
         advice = packed_attention_advice(
@@ -471,12 +473,8 @@ def rounded_away_share(parameters, step_size: float, sample: int = 4096) -> tupl
 class _UpdatePrecisionCheck(TrainerCallback):
     """Warns, once training starts (after FSDP's float32 upcast, if any), when most updates would round away."""
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # DeepSpeed keeps float32 master weights in its optimizer whatever the module's dtype.
-        if model is None or self.trainer.is_deepspeed_enabled or not state.is_world_process_zero:
+        if model is None or not state.is_world_process_zero:
             return
         share, dtype = rounded_away_share(model.parameters(), args.learning_rate)
         if share > 0.5:

@@ -408,16 +408,17 @@ def main(argv: list[str]) -> int:
     except DemoStepFailed as failure:
         return failure.status
     seconds: dict[str, float] = {}
+    conditions = resolve_conditions(args.conditions)
     for seed in args.seeds:
-        for condition in resolve_conditions(args.conditions):
-            run_dir = out / condition / f"seed-{seed}"
+        for condition in conditions:
+            label, run_dir = run_label(condition, seed), out / condition / f"seed-{seed}"
             data = sets / f"{condition}.jsonl"
             fingerprint = run_fingerprint(condition, seed, data, training_flags)
             # A rerun (after a crash, or to add conditions or seeds) keeps what already finished with these settings.
             reused = None if args.retrain else finished_seconds(run_dir, fingerprint)
             if reused is not None:
                 print(f"cgd demo: reusing {run_dir}, trained with the same settings (--retrain true trains it again).")
-                seconds[run_label(condition, seed)] = reused
+                seconds[label] = reused
                 continue
             (run_dir / FINISHED).unlink(missing_ok=True)
             started = time.time()
@@ -439,8 +440,8 @@ def main(argv: list[str]) -> int:
             )
             if status != 0:
                 return status
-            seconds[run_label(condition, seed)] = round(time.time() - started, 1)
-            finished = {"fingerprint": fingerprint, "seconds": seconds[run_label(condition, seed)]}
+            seconds[label] = round(time.time() - started, 1)
+            finished = {"fingerprint": fingerprint, "seconds": seconds[label]}
             (run_dir / FINISHED).write_text(json.dumps(finished, indent=2) + "\n", encoding="utf-8")
     evaluate_and_report(args, benchmarks, seconds)
     return 0
