@@ -87,7 +87,7 @@ def test_demo_refuses_unknown_conditions_and_training_flags(monkeypatch):
         (["--config", "tiny/cpu"], "--config itself"),
         (["--dataset_name", "x.jsonl"], "choose the sets with --conditions"),
         (["--seed", "7"], "give the seeds with --seeds"),
-        (["--model_name_or_path=builtin:tiny-chatml"], "builtin:tiny-digits"),
+        (["--model_name_or_path=builtin:tiny-chatml"], "choose the student with --student"),
     ]:
         with pytest.raises(UsageError, match=re.escape(hint)):
             demo.parse(flags)
@@ -96,6 +96,7 @@ def test_demo_refuses_unknown_conditions_and_training_flags(monkeypatch):
         (["--eval_problems", "0"], "--eval_problems: at least 1"),
         (["--max_new_tokens", "0"], "--max_new_tokens: at least 1"),
         (["--cgd_layout", "multi_turn"], "single_turn"),
+        (["--student", "builtin:smollm2"], "--student: unknown student 'builtin:smollm2' Did you mean .builtin:smollm2-135m-instruct"),
     ]:
         with pytest.raises(UsageError, match=message):
             demo.parse(flags)

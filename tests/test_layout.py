@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgd_trainer"
 LAYERS = [
     ("templates",),
     ("records",),
-    ("sources", "grading"),
+    ("sources", "grading", "pretrained"),
     ("backends",),
     ("config", "collator"),
     ("trainer",),
@@ -136,8 +136,9 @@ def test_registries_name_real_classes():
         assert callable(getattr(importlib.import_module(module), attr)), path
     # `sources` names the built-in models without importing the demo; the demo's registry builds them.
     from cgd_trainer.demo.tiny import BUILTIN_TOKENIZERS
+    from cgd_trainer.pretrained import PACKAGED_MODELS
 
-    assert set(BUILTIN_MODELS) == {f"builtin:tiny-{key}" for key in BUILTIN_TOKENIZERS}
+    assert set(BUILTIN_MODELS) == {f"builtin:tiny-{key}" for key in BUILTIN_TOKENIZERS} | set(PACKAGED_MODELS)
 
 
 PROBE = """
@@ -154,7 +155,8 @@ print(json.dumps({{"status": status, "heavy": heavy}}))
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--help"], ["build", "--help"], ["generate", "--help"], ["eval", "--help"], ["diagnose", "--help"]],
+    [[], ["--help"], ["build", "--help"], ["generate", "--help"], ["eval", "--help"], ["diagnose", "--help"]]
+    + [["models", "--help"]],
     ids=" ".join,
 )
 def test_cli_starts_without_torch_or_trl(args):

@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cgd_trainer.commands.benchmarks",
         "list the benchmark registry, or write benchmarks to JSONL files (offline eval, decontamination)",
     ),
+    "models": (
+        "cgd_trainer.commands.models",
+        "list the built-in models; fetch and convert a real pretrained one (SmolLM2-135M-Instruct) ahead of time",
+    ),
     "diagnose": (
         "cgd_trainer.commands.diagnose",
         "refinement uncertainty: NLL/entropy of refined answers with and without the critique",

@@ -1,8 +1,9 @@
 """Where data comes from and how it is written: named sources (hub ids, local files, `builtin:` names) and JSONL.
 
 - [`load_source`] loads any named dataset for training, generation, evaluation and diagnosis;
-- [`resolve_file`] and [`resolve_model`] are the one place where the offline demo's `builtin:` names are resolved (the
-  demo registers them here by module path, so production code never imports the demo);
+- [`resolve_file`] and [`resolve_model`] are the one place where `builtin:` names are resolved: the offline demo's
+  data and tiny models, and real pretrained models from registry packages (each registered here by module path, so
+  production code never imports the demo);
 - [`read_rows`], [`read_jsonl`], [`write_jsonl`] and [`JsonlAppender`] are the one JSONL reader and writer: UTF-8,
   one object per line, `/` not escaped, and no schema inference (a key that first appears on row two million is read
   like any other; missing keys read as `None`).
@@ -29,6 +30,9 @@ BUILTIN_DATASETS = {
 BUILTIN_MODELS = {
     f"builtin:tiny-{family}": "cgd_trainer.demo.tiny:prepare_builtin_model"
     for family in ("chatml", "llama3", "plain", "digits")
+} | {
+    # Real pretrained models carried by registry packages, converted once into a shared cache (`pretrained.py`).
+    "builtin:smollm2-135m-instruct": "cgd_trainer.pretrained:prepare_packaged_model",
 }
 
 
@@ -64,8 +68,9 @@ def resolve_file(name: str) -> Path | None:
 
 def resolve_model(name: str, output_dir: str | os.PathLike) -> str:
     """
-    The model to load for a name: a `builtin:tiny-*` model is built (once) under `<output_dir>/base-model`; any other
-    name (hub id, folder, served name) is returned as it is.
+    The model to load for a name: a `builtin:tiny-*` model is built (once) under `<output_dir>/base-model`, a packaged
+    pretrained model (`builtin:smollm2-135m-instruct`) is fetched and converted (once) into the shared cache; any
+    other name (hub id, folder, served name) is returned as it is.
     """
     if not is_builtin(name):
         return name

@@ -18,6 +18,7 @@ from trl.trainer.utils import global_then_local_main_first
 
 from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator, has_chat_template
 from .config import CGDConfig
+from .sources import BUILTIN_PREFIX, is_builtin, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class CGDTrainer(SFTTrainer):
     ):
         if args is None:
             model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
-            args = CGDConfig(f"{str(model_name).split('/')[-1]}-CGD")
+            args = CGDConfig(f"{str(model_name).split('/')[-1].removeprefix(BUILTIN_PREFIX)}-CGD")
+        if is_builtin(model):  # e.g. `builtin:smollm2-135m-instruct`: a folder once fetched, built or converted
+            model = resolve_model(model, args.output_dir)
         elif isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
             # SFTTrainer turns plain TrainingArguments into an SFTConfig, but only after the CGD collator is built: do
             # it first, the same way, so that CGD truncation fits records to the `max_length` TRL will then cut at.

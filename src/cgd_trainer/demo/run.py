@@ -4,11 +4,16 @@
    held-out questions (`builtin:toy-heldout`, disjoint by construction), then `cgd build` on each;
 2. `cgd train` of a small model from scratch (`builtin:tiny-digits`) on each chosen condition's set, per seed, on the
    same budget (the `tiny/toy` recipe);
+
 3. `cgd eval` of the untrained model and every trained one on the held-out questions, twice: asked alone (the
    paper's inference) and inside the CGD context with the held-out draft and critique (what the CGD student is
    trained on, so a check of the training path itself);
 4. a report: accuracy mean ± sd per condition over the seeds, format drift (boxed answers, critique-style outputs),
    a plot, written under `<output_dir>/`.
+
+With `--student builtin:smollm2-135m-instruct` the student is a real pretrained model (SmolLM2-135M-Instruct): it
+writes its own drafts in step 1 (the demo teacher still critiques and refines them), and step 2 fine-tunes it with
+the `smollm2-135m-instruct/toy` recipe; the steps are otherwise the same.
 
 `cgd demo` alone trains CGD and distilled SFT (the same refined answers, question alone) with one seed;
 `cgd demo --conditions all --seeds 0 1 2` (`make replicate`) trains every condition `cgd build` writes. Other flags
@@ -31,6 +36,48 @@ DEMO_RECIPE = "tiny/toy"
 DEMO_CONDITIONS = ("cgd", "distilled_sft")
 UNTRAINED = "builtin:tiny-digits"
 HELDOUT = "builtin:toy-heldout"
+
+
+@dataclass(frozen=True)
+class DemoStudent:
+    """
+    A student `cgd demo` can train: its training recipe, its `cgd generate` recipe (who writes the drafts) and its
+    defaults.
+
+    Args:
+        recipe (`str`): The training recipe, by name.
+        pipeline (`str`): The `cgd generate` recipe in `cgd_trainer/demo/recipes/`.
+        output_dir (`str`): The default output folder.
+        max_new_tokens (`int`): The default token budget of each evaluated answer.
+        trained_from (`str`): How the report describes the starting point.
+        heldout_questions (`int`, *optional*): The held-out questions probed and scored by default (all when
+            `None`): a real student's drafts take minutes per batch on a CPU.
+    """
+
+    recipe: str
+    pipeline: str
+    output_dir: str
+    max_new_tokens: int
+    trained_from: str
+    heldout_questions: int | None = None
+
+
+# The students by name. The tiny model is trained from scratch and its drafts come from the programmatic demo student
+# (an untrained model writes nothing to critique); a pretrained student writes its own drafts, as in the paper.
+STUDENTS: dict[str, DemoStudent] = {
+    UNTRAINED: DemoStudent(
+        DEMO_RECIPE, "pipeline-toy.yaml", DEMO_OUTPUT_DIR, 96, f"from the same random `{UNTRAINED}` weights"
+    ),
+    "builtin:smollm2-135m-instruct": DemoStudent(
+        "smollm2-135m-instruct/toy",
+        "pipeline-toy-smollm2.yaml",
+        "outputs/cgd-demo-smollm2",
+        256,
+        "from pretrained SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`), whose own greedy drafts the demo "
+        "teacher critiqued and refined",
+        heldout_questions=96,
+    ),
+}
 # The held-out benchmarks, as `cgd eval` names them (after their files), and their columns in the report: the question
 # alone, and the question inside the CGD context, split by the verdict on the draft. A student that only repeats the
 # draft's answer scores on right drafts and nothing on wrong ones, so the wrong-draft column measures refinement.
@@ -44,7 +91,7 @@ ANY_NUMBER = "question alone, harness grading"
 # Training settings `cgd demo` sets itself, per condition and seed.
 OWN_TRAINING_FLAGS = {
     "--dataset_name": "choose the sets with --conditions",
-    "--model_name_or_path": "the demo trains builtin:tiny-digits from scratch",
+    "--model_name_or_path": f"choose the student with --student ({' or '.join(STUDENTS)})",
     "--seed": "give the seeds with --seeds",
     "--overwrite_output_dir": "a rerun trains afresh what is not finished; --retrain true trains everything again",
     "--config": "change a setting of the tiny/toy recipe with its own flag",
@@ -54,40 +101,54 @@ OWN_TRAINING_FLAGS = {
 @dataclass
 class DemoArguments:
     """
-    Settings of `cgd demo`; any other flag is a training setting of the `tiny/toy` recipe (e.g. `--max_steps`).
+    Settings of `cgd demo`; any other flag is a training setting of the student's recipe (e.g. `--max_steps`).
 
     Args:
-        output_dir (`str`): Where the data, the trained models, the evaluation and the report go.
+        student (`str`): The student: `builtin:tiny-digits` (trained from scratch, drafts by the demo student) or
+            `builtin:smollm2-135m-instruct` (pretrained; it writes its own drafts).
+        output_dir (`str`, *optional*): Where the data, the trained models, the evaluation and the report go; by
+            default the student's folder (`outputs/cgd-demo`, `outputs/cgd-demo-smollm2`).
         conditions (`list[str]`): Conditions of `cgd build` to train (`all` for every one).
         seeds (`list[int]`): Training seeds; each condition is trained once per seed.
-        eval_problems (`int`, *optional*): Score only the first held-out questions (all 160 by default).
-        max_new_tokens (`int`): Token budget of each evaluated answer.
+        eval_problems (`int`, *optional*): Score only the first held-out questions (by default all that the student
+            probes: 160, or 96 for SmolLM2).
+        max_new_tokens (`int`, *optional*): Token budget of each evaluated answer (96 for the tiny student, 256 for
+            SmolLM2).
         retrain (`bool`): Train every run again, even those a previous `cgd demo` finished with the same settings.
     """
 
-    output_dir: str = field(default=DEMO_OUTPUT_DIR, metadata={"help": "Data, models, evaluation and report."})
+    student: str = field(default=UNTRAINED, metadata={"help": f"The student: one of {', '.join(STUDENTS)}."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Data, models, evaluation and report (default: the student's folder)."}
+    )
     conditions: list[str] = field(
         default_factory=lambda: list(DEMO_CONDITIONS),
         metadata={"help": "Conditions of `cgd build` to train, or `all`."},
     )
     seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "Training seeds."})
     eval_problems: int | None = field(default=None, metadata={"help": "First held-out questions only."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Token budget of each evaluated answer."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Token budget of each evaluated answer (default: the student's)."}
+    )
     retrain: bool = field(
         default=False, metadata={"help": "Train every run again, even those finished with the same settings."}
     )
 
+    @property
+    def spec(self) -> DemoStudent:
+        return STUDENTS[self.student]
 
-def pipeline_toy_recipe_path() -> Path:
-    """The `cgd generate` recipe of the demo's data, shipped in the package (`examples/pipeline/toy.yaml`)."""
-    return Path(str(resources.files("cgd_trainer.demo") / "recipes" / "pipeline-toy.yaml"))
+
+def pipeline_toy_recipe_path(student: str = UNTRAINED) -> Path:
+    """The `cgd generate` recipe of a student's data, shipped in the package (`examples/pipeline/toy.yaml`)."""
+    return Path(str(resources.files("cgd_trainer.demo") / "recipes" / STUDENTS[student].pipeline))
 
 
-def toy_recipe_path() -> Path:
-    """The training recipe of `cgd demo` (`tiny/toy`), shipped in the package."""
+def toy_recipe_path(student: str = UNTRAINED) -> Path:
+    """The training recipe of a student in `cgd demo` (`tiny/toy` by default), shipped in the package."""
     from ..commands.recipes import recipe_path
 
-    return Path(recipe_path(DEMO_RECIPE))
+    return Path(recipe_path(STUDENTS[student].recipe))
 
 
 class DemoStepFailed(Exception):
@@ -98,13 +159,21 @@ class DemoStepFailed(Exception):
         self.status = status
 
 
-def _generate_and_build(dataset: str, data_dir: Path) -> Path:
-    """`cgd generate` (demo backends) on a dataset, then `cgd build`; returns the sets' folder."""
+def _generate_and_build(
+    dataset: str, data_dir: Path, student: str = UNTRAINED, max_records: int | None = None
+) -> Path:
+    """`cgd generate` (the student's drafts, the demo teacher) on a dataset, then `cgd build`; returns the sets."""
     from ..commands import build, generate
 
-    status = generate.main(
-        ["--config", str(pipeline_toy_recipe_path()), "--dataset_name", dataset, "--output_dir", str(data_dir)]
-    )
+    argv = [
+        "--config",
+        str(pipeline_toy_recipe_path(student)),
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        str(data_dir),
+    ]
+    status = generate.main([*argv, "--max_records", str(max_records)] if max_records else argv)
     if status != 0:
         raise DemoStepFailed(status)
     sets = data_dir / "sets"
@@ -114,7 +183,9 @@ def _generate_and_build(dataset: str, data_dir: Path) -> Path:
     return sets
 
 
-def make_demo_data(data_dir: str | Path, training_args: Any = None) -> tuple[Path, dict[str, Path]]:
+def make_demo_data(
+    data_dir: str | Path, training_args: Any = None, student: str = UNTRAINED
+) -> tuple[Path, dict[str, Path]]:
     """
     Generates and builds the training sets, and the held-out benchmarks in the CGD context.
 
@@ -133,12 +204,14 @@ def make_demo_data(data_dir: str | Path, training_args: Any = None) -> tuple[Pat
     """
     from ..collator import CritiqueCollator
     from ..sources import read_jsonl, write_jsonl
-    from .problems import toy_key
+    from .problems import TOY_HELDOUT_SIZE, toy_key
 
     collator = CritiqueCollator.from_config(training_args)
     data_dir = Path(data_dir)
-    sets = _generate_and_build("builtin:toy", data_dir)
-    heldout_sets = _generate_and_build(HELDOUT, data_dir / "heldout")
+    sets = _generate_and_build("builtin:toy", data_dir, student)
+    heldout_sets = _generate_and_build(
+        HELDOUT, data_dir / "heldout", student, STUDENTS[student].heldout_questions or TOY_HELDOUT_SIZE
+    )
     heldout = list(read_jsonl(heldout_sets / "cgd.jsonl"))
     # Disjoint by construction; checked on the numbers, so that a question reworded with another name still counts.
     seen = {toy_key(row["prompt"]) for row in read_jsonl(sets / "cgd.jsonl")}
@@ -178,7 +251,9 @@ def resolve_conditions(names: list[str]) -> list[str]:
 FINISHED = "demo_run.json"
 
 
-def run_fingerprint(condition: str, seed: int, data: Path, training_flags: list[str]) -> dict[str, Any]:
+def run_fingerprint(
+    condition: str, seed: int, data: Path, training_flags: list[str], student: str = UNTRAINED
+) -> dict[str, Any]:
     """What a trained run depends on: its condition, seed, training set (by content), recipe and training flags."""
     import hashlib
 
@@ -188,7 +263,7 @@ def run_fingerprint(condition: str, seed: int, data: Path, training_flags: list[
         "condition": condition,
         "seed": seed,
         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-        "recipe_sha256": hashlib.sha256(toy_recipe_path().read_bytes()).hexdigest(),
+        "recipe_sha256": hashlib.sha256(toy_recipe_path(student).read_bytes()).hexdigest(),
         "training_flags": list(training_flags),
         "cgd_trainer": __version__,
     }
@@ -281,7 +356,7 @@ def write_report(
             f"The toy task's {counts[ALONE]} held-out questions (never in training; {counts[RIGHT_DRAFTS]} with a "
             f"right draft and {counts[WRONG_DRAFTS]} with a wrong one), greedy, graded with the "
             f"`{summary['config']['protocol']}` preset. Seeds: {seeds} (a seed orders the training data; every run "
-            f"starts from the same `{UNTRAINED}` weights). Training: the `{DEMO_RECIPE}` recipe, the same budget for "
+            f"starts {args.spec.trained_from}). Training: the `{args.spec.recipe}` recipe, the same budget for "
             "every condition. Untrained: that model before training.",
             "",
             render_table(table),
@@ -297,8 +372,7 @@ def write_report(
             f"Training seconds per run: {json.dumps(seconds)}. Evaluation: {summary['seconds']} s "
             "(`eval/report.md` has every model and sample).",
             "",
-            "A from-scratch toy checks the machinery, not the paper's claim: docs/demo.md in cgd-trainer says what "
-            "these numbers do and do not show, with the measured tables.",
+            "docs/demo.md in cgd-trainer says what these numbers do and do not show, with the measured tables.",
             "",
             "![held-out accuracy](comparison.png)",
             "",
@@ -323,7 +397,7 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
     from transformers import HfArgumentParser
 
     from ..commands import train
-    from ..commands.parser import UsageError
+    from ..commands.parser import UsageError, did_you_mean
 
     # No abbreviations: `--seed 7` must not silently become `--seeds 7`.
     parser = HfArgumentParser((DemoArguments,), prog="cgd demo", allow_abbrev=False)
@@ -332,12 +406,20 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
         name = flag.split("=", 1)[0]
         if name in OWN_TRAINING_FLAGS:
             raise UsageError(f"cgd demo sets {name} itself for each run: {OWN_TRAINING_FLAGS[name]}.")
+    if args.student not in STUDENTS:
+        raise UsageError(
+            f"--student: unknown student {args.student!r}{did_you_mean(args.student, STUDENTS)}; "
+            f"choose from {', '.join(STUDENTS)}."
+        )
+    args.output_dir = args.output_dir or args.spec.output_dir
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds: each seed once, got {' '.join(map(str, args.seeds))}.")
     if args.eval_problems is not None and args.eval_problems < 1:
         raise UsageError(f"--eval_problems: at least 1 (or leave it out for all), got {args.eval_problems}.")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens: at least 1, got {args.max_new_tokens}.")
+    args.max_new_tokens = args.max_new_tokens or args.spec.max_new_tokens
+    args.eval_problems = args.eval_problems or args.spec.heldout_questions
     resolve_conditions(args.conditions)
     for module in ("math_verify", "matplotlib"):
         try:
@@ -347,11 +429,12 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
                 f"cgd demo scores the students with cgd eval, which needs {module.replace('_', '-')}: "
                 "pip install 'cgd-trainer[eval]'."
             ) from None
-    _, training_args, *_ = train.parse(["--config", str(toy_recipe_path()), *training_flags], prog="cgd demo")
+    recipe = str(toy_recipe_path(args.student))
+    _, training_args, *_ = train.parse(["--config", recipe, *training_flags], prog="cgd demo")
     if training_args.cgd_layout not in ("auto", "single_turn"):
         raise UsageError(
             f"--cgd_layout {training_args.cgd_layout}: cgd demo scores students in the single_turn CGD context; "
-            "leave the layout at auto (the demo model has a chat template)."
+            "leave the layout at auto (the demo's students have a chat template)."
         )
     return args, training_flags, training_args
 
@@ -370,7 +453,7 @@ def evaluate_and_report(
 
     out = Path(args.output_dir)
     conditions = resolve_conditions(args.conditions)
-    models = [{"label": "untrained", "model": UNTRAINED}]
+    models = [{"label": "untrained", "model": args.student}]
     models += [
         {"label": run_label(condition, seed), "model": str(out / condition / f"seed-{seed}")}
         for seed in args.seeds
@@ -404,7 +487,7 @@ def main(argv: list[str]) -> int:
     args, training_flags, training_args = parse(argv)
     out = Path(args.output_dir)
     try:
-        sets, benchmarks = make_demo_data(out / "data", training_args)
+        sets, benchmarks = make_demo_data(out / "data", training_args, args.student)
     except DemoStepFailed as failure:
         return failure.status
     seconds: dict[str, float] = {}
@@ -413,7 +496,7 @@ def main(argv: list[str]) -> int:
         for condition in conditions:
             label, run_dir = run_label(condition, seed), out / condition / f"seed-{seed}"
             data = sets / f"{condition}.jsonl"
-            fingerprint = run_fingerprint(condition, seed, data, training_flags)
+            fingerprint = run_fingerprint(condition, seed, data, training_flags, args.student)
             # A rerun (after a crash, or to add conditions or seeds) keeps what already finished with these settings.
             reused = None if args.retrain else finished_seconds(run_dir, fingerprint)
             if reused is not None:
@@ -425,7 +508,7 @@ def main(argv: list[str]) -> int:
             status = train.main(
                 [
                     "--config",
-                    str(toy_recipe_path()),
+                    str(toy_recipe_path(args.student)),
                     "--dataset_name",
                     str(data),
                     "--output_dir",

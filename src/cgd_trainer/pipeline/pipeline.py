@@ -25,7 +25,7 @@ from typing import Any
 
 from ..backends import Backend, Request, Sampling, make_backend
 from ..records import parse_verdict, strip_thinking
-from ..sources import load_source, read_jsonl, write_jsonl
+from ..sources import is_builtin, load_source, read_jsonl, resolve_model, write_jsonl
 from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
 from .config import GenerateConfig
 from .store import StageStore, inputs_hash, request_key
@@ -145,8 +145,10 @@ class Pipeline:
     def backend(self, role: str) -> Backend:
         if self._backends[role] is None:
             c = self.config
-            kind = getattr(c, f"{role}_backend")
-            self._backends[role] = make_backend(kind, getattr(c, f"{role}_model"), **c.role_options(role))
+            kind, model = getattr(c, f"{role}_backend"), getattr(c, f"{role}_model")
+            if kind != "demo" and is_builtin(model):  # a built-in model: built or converted once, then a folder
+                model = resolve_model(model, self.output_dir / "builtin" / model.partition(":")[2])
+            self._backends[role] = make_backend(kind, model, **c.role_options(role))
         return self._backends[role]
 
     def stage_sampling(self, stage: str, backend: Backend) -> Sampling:
