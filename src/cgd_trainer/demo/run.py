@@ -234,6 +234,50 @@ def make_demo_data(
     return sets, files
 
 
+def refined_answer_nll(
+    model_dir: str | Path, records: list[dict[str, Any]], training_args: Any = None, batch_size: int = 16
+) -> dict[str, float]:
+    """
+    How well a model predicts the held-out refined answers: the mean negative log-likelihood per token (nats) of each
+    record's refined answer, teacher-forced, after the CGD context (`single_turn`, rendered as the trainer renders it)
+    and after the question alone (the paper's inference).
+
+    A graded answer is right or wrong on one token; this averages over every token of every answer, so it moves little
+    with the floating-point path of a CPU or the order of the training data, and it tells which context a model was
+    trained on: only a CGD student is at home in the CGD context, only an SFT-style student after the bare question.
+
+    Args:
+        model_dir (`str` or `Path`): The model folder.
+        records (`list[dict]`): CGD records (`prompt`, `initial_response`, `critique`, `refined_response`).
+        training_args (*optional*): The runs' training arguments, for their `cgd_*` wording.
+        batch_size (`int`): Sequences per forward pass.
+
+    Returns:
+        `dict[str, float]`: `{"cgd_context": nll, "question_alone": nll}`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..collator import CritiqueCollator
+    from ..evaluation.diagnose import context_ids, score_sequences, target_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    collator = CritiqueCollator.from_config(training_args)
+    contexts = {
+        "cgd_context": [collator.format(record, "single_turn")["prompt"] for record in records],
+        "question_alone": [[{"role": "user", "content": record["prompt"]}] for record in records],
+    }
+    targets = [target_ids(record["refined_response"], tokenizer) for record in records]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = {}
+    for name, prompts in contexts.items():
+        pairs = [(context_ids(prompt, tokenizer), target) for prompt, target in zip(prompts, targets)]
+        scores = score_sequences(model, pairs, pad, batch_size)
+        result[name] = statistics.fmean(value for token_nll, _ in scores for value in token_nll)
+    return result
+
+
 def resolve_conditions(names: list[str]) -> list[str]:
     """The conditions to train, in `cgd build`'s order; `all` means every one. Unknown names are a usage error."""
     from ..commands.parser import UsageError, did_you_mean
