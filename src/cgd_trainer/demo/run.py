@@ -72,7 +72,7 @@ STUDENTS: dict[str, DemoStudent] = {
         "smollm2-135m-instruct/toy",
         "pipeline-toy-smollm2.yaml",
         "outputs/cgd-demo-smollm2",
-        256,
+        192,
         "from pretrained SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`), whose own greedy drafts the demo "
         "teacher critiqued and refined",
         heldout_questions=96,
@@ -94,7 +94,7 @@ OWN_TRAINING_FLAGS = {
     "--model_name_or_path": f"choose the student with --student ({' or '.join(STUDENTS)})",
     "--seed": "give the seeds with --seeds",
     "--overwrite_output_dir": "a rerun trains afresh what is not finished; --retrain true trains everything again",
-    "--config": "change a setting of the tiny/toy recipe with its own flag",
+    "--config": "change a setting of the student's recipe with its own flag",
 }
 
 
@@ -112,7 +112,7 @@ class DemoArguments:
         seeds (`list[int]`): Training seeds; each condition is trained once per seed.
         eval_problems (`int`, *optional*): Score only the first held-out questions (by default all that the student
             probes: 160, or 96 for SmolLM2).
-        max_new_tokens (`int`, *optional*): Token budget of each evaluated answer (96 for the tiny student, 256 for
+        max_new_tokens (`int`, *optional*): Token budget of each evaluated answer (96 for the tiny student, 192 for
             SmolLM2).
         retrain (`bool`): Train every run again, even those a previous `cgd demo` finished with the same settings.
     """
@@ -140,7 +140,8 @@ class DemoArguments:
 
 
 def pipeline_toy_recipe_path(student: str = UNTRAINED) -> Path:
-    """The `cgd generate` recipe of a student's data, shipped in the package (`examples/pipeline/toy.yaml`)."""
+    """The `cgd generate` recipe of a student's data, shipped in the package (the tiny student's is
+    `examples/pipeline/toy.yaml`)."""
     return Path(str(resources.files("cgd_trainer.demo") / "recipes" / STUDENTS[student].pipeline))
 
 
@@ -184,7 +185,7 @@ def _generate_and_build(
 
 
 def make_demo_data(
-    data_dir: str | Path, training_args: Any = None, student: str = UNTRAINED
+    data_dir: str | Path, training_args: Any = None, student: str = UNTRAINED, heldout_questions: int | None = None
 ) -> tuple[Path, dict[str, Path]]:
     """
     Generates and builds the training sets, and the held-out benchmarks in the CGD context.
@@ -193,6 +194,8 @@ def make_demo_data(
         data_dir (`str` or `Path`): Where the generated records and the sets go.
         training_args (*optional*): The runs' training arguments; their `cgd_*` settings render the benchmarks'
             questions with the trainer's own collator (the library's defaults when `None`).
+        student (`str`, *optional*): Whose drafts: a name of [`STUDENTS`].
+        heldout_questions (`int`, *optional*): Probe only the first held-out questions (all 160 by default).
 
     Returns:
         `tuple`: The training sets' folder, and `{benchmark name: JSONL file}` for the CGD-context benchmarks (`id`,
@@ -209,9 +212,7 @@ def make_demo_data(
     collator = CritiqueCollator.from_config(training_args)
     data_dir = Path(data_dir)
     sets = _generate_and_build("builtin:toy", data_dir, student)
-    heldout_sets = _generate_and_build(
-        HELDOUT, data_dir / "heldout", student, STUDENTS[student].heldout_questions or TOY_HELDOUT_SIZE
-    )
+    heldout_sets = _generate_and_build(HELDOUT, data_dir / "heldout", student, heldout_questions or TOY_HELDOUT_SIZE)
     heldout = list(read_jsonl(heldout_sets / "cgd.jsonl"))
     # Disjoint by construction; checked on the numbers, so that a question reworded with another name still counts.
     seen = {toy_key(row["prompt"]) for row in read_jsonl(sets / "cgd.jsonl")}
@@ -452,8 +453,8 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
             raise UsageError(f"cgd demo sets {name} itself for each run: {OWN_TRAINING_FLAGS[name]}.")
     if args.student not in STUDENTS:
         raise UsageError(
-            f"--student: unknown student {args.student!r}{did_you_mean(args.student, STUDENTS)}; "
-            f"choose from {', '.join(STUDENTS)}."
+            f"--student: unknown student {args.student!r}.{did_you_mean(args.student, STUDENTS)} "
+            f"Choose from {', '.join(STUDENTS)}."
         )
     args.output_dir = args.output_dir or args.spec.output_dir
     if len(set(args.seeds)) != len(args.seeds):
@@ -531,7 +532,9 @@ def main(argv: list[str]) -> int:
     args, training_flags, training_args = parse(argv)
     out = Path(args.output_dir)
     try:
-        sets, benchmarks = make_demo_data(out / "data", training_args, args.student)
+        # A student with a probing limit has (at least) the questions scored probed, however many are asked for.
+        limit = args.spec.heldout_questions and max(args.spec.heldout_questions, args.eval_problems)
+        sets, benchmarks = make_demo_data(out / "data", training_args, args.student, limit)
     except DemoStepFailed as failure:
         return failure.status
     seconds: dict[str, float] = {}

@@ -108,10 +108,10 @@ class EvalConfig(BackendSettings):
     from [`BackendSettings`]: the same fields, with the same defaults, as in `cgd generate`.
 
     Models:
-        models (`list`): Models evaluated side by side: hub ids, local folders, served names or the demo's
-            `builtin:tiny-chatml`, optionally labelled `label=model`; in YAML also mappings
-            `{model, label, backend, base_url, request_timeout, ...}` whose other keys are settings of the model's
-            backend (checked when the config is read).
+        models (`list`): Models evaluated side by side: hub ids, local folders, served names or built-in
+            models (`builtin:smollm2-135m-instruct`, `builtin:tiny-chatml`), optionally labelled `label=model`; in
+            YAML also mappings `{model, label, backend, base_url, request_timeout, ...}` whose other keys are
+            settings of the model's backend (checked when the config is read).
         backend (`str`): `transformers`, `vllm` or `openai` (an OpenAI-compatible server).
         prompt_format (`str`): `auto` (the chat template when the model has one), `chat` or `completion`.
         base_url (`str`), api_key_env (`str`): The `openai` backend's server and the variable holding its key.

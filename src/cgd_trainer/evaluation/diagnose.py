@@ -64,7 +64,7 @@ class DiagnoseConfig:
 
     Args:
         model (`str`): Hub id or local folder of the model to probe (a training checkpoint works), or
-            `builtin:tiny-chatml` and friends.
+            a built-in model (`builtin:smollm2-135m-instruct`, `builtin:tiny-chatml`, ...).
         dataset (`str`): CGD records: a JSONL/JSON/Parquet file, a hub dataset, or `builtin:demo`.
         dataset_split (`str`): Split of a hub dataset (local files have `train`).
         prompt_field, initial_response_field, critique_field, refined_response_field (`str`): Record columns.
@@ -276,10 +276,10 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
     output_dir.mkdir(parents=True, exist_ok=True)
     if model is None or tokenizer is None:
         if not config.model:
-            raise ValueError("Set `model` (a hub id, a local folder or `builtin:tiny-chatml`).")
+            raise ValueError("Set `model` (a hub id, a local folder or `builtin:smollm2-135m-instruct`).")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = resolve_model(config.model, output_dir)  # a `builtin:tiny-*` model is built there once
+        path = resolve_model(config.model, output_dir)  # a built-in model: built there, or converted, once
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backends import Backend, Request, make_backend, request_key
+from ..backends import LOCAL_BACKENDS, Backend, Request, make_backend, request_key
 from ..sources import is_builtin, resolve_model
 from ..templates import fill
 from .benchmarks import Benchmark, Problem, benchmark_info, load_problems, resolve_benchmark
@@ -175,8 +175,9 @@ def _sample_row(
 
 def open_backend(spec: ModelSpec, config: EvalConfig) -> Backend:
     """
-    Builds the backend of one model: the config's settings with the model's own, and a `builtin:tiny-*` model built
-    (once) under `<output_dir>/builtin/`.
+    Builds the backend of one model: the config's settings with the model's own. A `builtin:` model of a local
+    backend becomes its folder: a tiny model built (once) under `<output_dir>/builtin/`, a packaged pretrained one
+    converted (once) into the shared cache.
 
     Args:
         spec ([`ModelSpec`]): The model.
@@ -186,7 +187,7 @@ def open_backend(spec: ModelSpec, config: EvalConfig) -> Backend:
         [`Backend`]
     """
     model = spec.model
-    if is_builtin(model):  # the demo's tiny models, built locally
+    if spec.backend in LOCAL_BACKENDS and is_builtin(model):
         model = resolve_model(model, Path(config.output_dir) / "builtin" / model.partition(":")[2])
     return make_backend(spec.backend, model, **backend_options(config, spec.backend, spec.options))
 

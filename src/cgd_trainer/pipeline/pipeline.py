@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backends import Backend, Request, Sampling, make_backend
+from ..backends import LOCAL_BACKENDS, Backend, Request, Sampling, make_backend
 from ..records import parse_verdict, strip_thinking
 from ..sources import is_builtin, load_source, read_jsonl, resolve_model, write_jsonl
 from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
@@ -146,7 +146,7 @@ class Pipeline:
         if self._backends[role] is None:
             c = self.config
             kind, model = getattr(c, f"{role}_backend"), getattr(c, f"{role}_model")
-            if kind != "demo" and is_builtin(model):  # a built-in model: built or converted once, then a folder
+            if kind in LOCAL_BACKENDS and is_builtin(model):  # a built-in model: built or converted once, a folder
                 model = resolve_model(model, self.output_dir / "builtin" / model.partition(":")[2])
             self._backends[role] = make_backend(kind, model, **c.role_options(role))
         return self._backends[role]
