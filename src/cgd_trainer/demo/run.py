@@ -407,9 +407,10 @@ def write_report(
             render_table(table),
             "",
             f"- **{COLUMNS[ALONE]}**: the paper's inference — the question as the only user turn, no system prompt.",
-            "- **in CGD context**: the question inside the CGD training context, with the held-out draft and critique "
-            "of the demo student and teacher, split by the verdict on the draft (a student that repeats the draft's "
-            "answer scores on right drafts only); only the CGD-context conditions are trained on this input.",
+            "- **in CGD context**: the question inside the CGD training context, with the held-out question's draft "
+            "(written as the training drafts were) and the demo teacher's critique, split by the verdict on the draft "
+            "(a student that repeats the draft's answer scores on right drafts only); only the CGD-context conditions "
+            "are trained on this input.",
             f"- **{ANY_NUMBER}**: the answers to the question alone graded by the harness preset, which also reads "
             "a final number without a box (the `sft` condition trains on the bare reference answers).",
             "- boxed and critique-style: format drift of the answers to the question alone.",
