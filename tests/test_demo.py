@@ -22,7 +22,7 @@ from cgd_trainer.demo.problems import (
     toy_questions,
 )
 from cgd_trainer.demo.teacher import critique_answer
-from cgd_trainer.sources import resolve_file
+from cgd_trainer.sources import resolve_file, resolve_model
 
 
 def _key(question: str) -> tuple:
@@ -159,6 +159,13 @@ def test_comparison_reports_mean_and_sd_over_seeds_with_a_plot(tmp_path):
     assert json.loads((tmp_path / "comparison.json").read_text())["cgd"][demo.ALONE]["values"] == [0.2, 0.4]
 
 
+def demo_records(out, verdict: str) -> list[dict]:
+    """The held-out CGD records a `cgd demo` run generated, whose draft had the given verdict."""
+    from cgd_trainer.sources import read_jsonl
+
+    return [r for r in read_jsonl(out / "data" / "heldout" / "sets" / "cgd.jsonl") if r["verdict"] == verdict]
+
+
 @pytest.mark.slow
 def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     """The short form of `make demo`: a fixed seed, fewer steps and questions; held-out accuracy must rise."""
@@ -172,11 +179,30 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     assert "| question alone (%) |" in printed and "| untrained |" in printed
     table = json.loads((out / "comparison.json").read_text())
     untrained = table["untrained"]
-    # The learning signal CI guards: distilled SFT (the same trainer, the question alone at inference) learns the
-    # task, and the CGD student fixes wrong drafts in its context, which repeating the draft cannot do. A mask off by
-    # one, a wrong training set or an inference prompt unlike training's would break one of these.
-    assert table["distilled_sft"][demo.ALONE]["mean"] >= untrained[demo.ALONE]["mean"] + 0.1
-    assert table["cgd"][demo.WRONG_DRAFTS]["mean"] >= untrained[demo.WRONG_DRAFTS]["mean"] + 0.1
+    # What CI guards, with margins that hold on any CPU. Held-out accuracy of a from-scratch toy is a coin toss across
+    # floating-point paths (CGD's wrong-draft score was 17.2% here and 7.8% on an AVX-512 machine, at 300 steps), so
+    # the learning is read from the mean NLL per token of the held-out refined answers (wrong drafts), which averages
+    # over every token: the CGD student must be at home in the CGD context and distilled SFT after the bare question,
+    # each far better there than the untrained model and than the other student. A wrong training set (the sets
+    # swapped, or one set for both) breaks the cross comparisons; a context unlike the trained one breaks the
+    # student's own. Measured spread: MEASURED.
+    _, _, training_args = demo.parse(["--output_dir", str(out / "unused")])
+    heldout = demo_records(out, "wrong")[:64]
+    nll = {
+        "untrained": demo.refined_answer_nll(resolve_model(demo.UNTRAINED, out / "untrained"), heldout, training_args),
+        **{c: demo.refined_answer_nll(out / c / "seed-42", heldout, training_args) for c in demo.DEMO_CONDITIONS},
+    }
+    cgd, sft, base = nll["cgd"], nll["distilled_sft"], nll["untrained"]
+    assert cgd["cgd_context"] < 0.25 * base["cgd_context"], nll
+    assert cgd["cgd_context"] < 0.5 * sft["cgd_context"], nll
+    assert sft["question_alone"] < 0.25 * base["question_alone"], nll
+    assert sft["question_alone"] < 0.5 * cgd["question_alone"], nll
+    # Through generation and grading, checks that hold on any CPU: distilled SFT answers the bare question in the
+    # trained format (every answer boxed in every run measured), and each student gets some held-out answers right
+    # in its own context, which the untrained model never does.
+    assert table["distilled_sft"]["boxed_rate"]["mean"] >= 0.9
+    assert table["distilled_sft"][demo.ALONE]["mean"] > untrained[demo.ALONE]["mean"] == 0.0
+    assert table["cgd"][demo.WRONG_DRAFTS]["mean"] > untrained[demo.WRONG_DRAFTS]["mean"] == 0.0
     assert (out / "comparison.png").stat().st_size > 0
     assert "![held-out accuracy](comparison.png)" in (out / "comparison.md").read_text()
     summary = json.loads((out / "eval" / "summary.json").read_text())
