@@ -33,6 +33,13 @@ ACCELERATE_CONFIGS = sorted((ROOT / "examples" / "accelerate_configs").glob("*.y
 # GPUs each paper-scale recipe assumes (its header comment says so), to check the global batch of 64; an entry by
 # recipe name overrides the one by file name.
 ASSUMED_GPUS = {"full.yaml": 8, "lora.yaml": 1, "qlora.yaml": 1, "qwen2.5-1.5b-instruct/full.yaml": 1}
+
+
+def is_cpu_recipe(recipe: Path) -> bool:
+    """The CPU recipes: `tiny/*` and the demo's real-student recipe (`*/toy.yaml`), quiet and unpacked."""
+    return recipe.parent.name == "tiny" or recipe.name == "toy.yaml"
+
+
 # Recipes that batch records instead of packing rows: the small-scale comparison of docs/replicate.md, where every
 # condition must take the same number of steps.
 RECORD_BATCHES = {"qwen2.5-1.5b-instruct/full.yaml"}
@@ -77,7 +84,7 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
     assert model.model_name_or_path == values["model_name_or_path"]
     assert training.learning_rate == pytest.approx(values["learning_rate"])
     assert training.output_dir == str(tmp_path)
-    if recipe.parent.name != "tiny" and recipe.name != "toy.yaml":  # the CPU recipes of the demo
+    if not is_cpu_recipe(recipe):
         name = str(recipe.relative_to(RECIPE_DIR))
         assert training.packing == (name not in RECORD_BATCHES) and training.max_length == values["max_length"]
         gpus = ASSUMED_GPUS.get(name, ASSUMED_GPUS[recipe.name])
@@ -149,7 +156,7 @@ def test_saved_model_stops_on_the_end_of_turn_token(tmp_path, tokenizers, datase
 def test_paper_recipes_track_with_trackio_and_the_demo_stays_quiet(recipe, tmp_path):
     overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
     _, training, *_ = make_parser().parse_args_and_config(args=["--config", str(recipe), *overrides])
-    if recipe.parent.name == "tiny":
+    if is_cpu_recipe(recipe):
         assert training.report_to == []
     else:
         assert training.report_to == ["trackio"] and training.project == "cgd"
