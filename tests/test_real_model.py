@@ -234,7 +234,9 @@ def test_a_few_steps_learn_and_the_result_reloads_and_generates(smollm2, toy_rec
         argv = ["--config", "smollm2-135m-instruct/toy", "--dataset_name", str(data), "--output_dir", str(saved)]
         trainer = train_command.run([*argv, *steps, "--learning_rate", "5e-5", "--logging_steps", "1"])
     losses = _losses(trainer)
-    # A model that learns memorises two records seen six times: the last loss must be under half the first.
+    # A model that learns memorises two records seen six times: the last loss must be under half the first. Measured
+    # on this machine, seeds 0, 1, 2: LoRA 0.195-0.204 of the first loss (1.19), full fine-tuning 0.005 (the seed only
+    # orders a batch of two, so full steps repeat to the digit); half leaves a 2.5x margin for LoRA on any CPU.
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
     if mode == "lora":
         from peft import AutoPeftModelForCausalLM
