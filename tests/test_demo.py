@@ -185,7 +185,8 @@ def test_demo_learns_on_held_out_questions(tmp_path, capsys):
     # over every token: the CGD student must be at home in the CGD context and distilled SFT after the bare question,
     # each far better there than the untrained model and than the other student. A wrong training set (the sets
     # swapped, or one set for both) breaks the cross comparisons; a context unlike the trained one breaks the
-    # student's own. Measured spread: MEASURED.
+    # student's own (the mask itself is golden-checked in test_masking.py). Measured over seeds 42, 0 and 1 (and 1 or
+    # 2 threads, which gave identical numbers): the four ratios asserted below were at most 0.07, 0.21, 0.03 and 0.12.
     _, _, training_args = demo.parse(["--output_dir", str(out / "unused")])
     heldout = demo_records(out, "wrong")[:64]
     nll = {
