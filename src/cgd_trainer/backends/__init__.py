@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from .base import PROMPT_FORMATS, Backend, Reply, Request, Sampling, render_completion, request_key
-from .registry import BACKENDS, LOCAL_BACKENDS, REGISTRY, backend_class, make_backend
+from .registry import BACKENDS, LOCAL_BACKENDS, REGISTRY, backend_class, local_model, make_backend
 from .settings import BackendSettings, check_overrides
 
 
@@ -34,6 +34,7 @@ __all__ = [
     "Sampling",
     "backend_class",
     "check_overrides",
+    "local_model",
     "make_backend",
     "render_completion",
     "request_key",

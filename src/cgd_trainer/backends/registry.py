@@ -4,8 +4,11 @@ and the demo's code load only when that backend is used."""
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Any
 
+from ..sources import is_builtin, resolve_model
 from .base import Backend
 
 REGISTRY: dict[str, str] = {
@@ -18,6 +21,16 @@ BACKENDS = tuple(REGISTRY)
 # Backends that load the model in this process: a `builtin:` model name becomes its local folder for them (built or
 # converted once); a server's backend (`openai`) sends the name as it is, as the served model's name.
 LOCAL_BACKENDS = ("transformers", "vllm")
+
+
+def local_model(kind: str, model: str | None, builtin_dir: str | os.PathLike) -> str | None:
+    """
+    The model a backend loads: for a local backend, a `builtin:` name becomes its folder (a tiny model built once
+    under `<builtin_dir>/<name>`, a packaged one converted once into the shared cache); any other name is kept.
+    """
+    if kind not in LOCAL_BACKENDS or not is_builtin(model):
+        return model
+    return resolve_model(model, Path(builtin_dir) / model.partition(":")[2])
 
 
 def backend_class(kind: str) -> type[Backend]:

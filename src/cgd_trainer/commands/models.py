@@ -59,10 +59,10 @@ def run(argv: list[str]) -> dict[str, str]:
     for name in BUILTIN_MODELS:
         if name in pretrained.PACKAGED_MODELS:
             spec, folder = pretrained.PACKAGED_MODELS[name], pretrained.model_folder(name)
-            state = "ready" if pretrained.is_ready(name) else "fetched and converted on first use"
-            print(f"{name:<32} {spec.hub_id} from {spec.package}=={spec.version}: {folder} ({state})")
             if pretrained.is_ready(name):
                 ready[name] = str(folder)
+            state = "ready" if name in ready else "fetched and converted on first use"
+            print(f"{name:<32} {spec.hub_id} from {spec.package}=={spec.version}: {folder} ({state})")
         else:
             print(f"{name:<32} a tiny model built from config, with a tokenizer trained locally (offline demo, tests)")
     return ready

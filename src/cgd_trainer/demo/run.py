@@ -4,7 +4,6 @@
    held-out questions (`builtin:toy-heldout`, disjoint by construction), then `cgd build` on each;
 2. `cgd train` of a small model from scratch (`builtin:tiny-digits`) on each chosen condition's set, per seed, on the
    same budget (the `tiny/toy` recipe);
-
 3. `cgd eval` of the untrained model and every trained one on the held-out questions, twice: asked alone (the
    paper's inference) and inside the CGD context with the held-out draft and critique (what the CGD student is
    trained on, so a check of the training path itself);

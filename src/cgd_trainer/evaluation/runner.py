@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backends import LOCAL_BACKENDS, Backend, Request, make_backend, request_key
-from ..sources import is_builtin, resolve_model
+from ..backends import Backend, Request, local_model, make_backend, request_key
 from ..templates import fill
 from .benchmarks import Benchmark, Problem, benchmark_info, load_problems, resolve_benchmark
 from .config import EvalConfig, ModelSpec, backend_options, parse_models
@@ -186,9 +185,7 @@ def open_backend(spec: ModelSpec, config: EvalConfig) -> Backend:
     Returns:
         [`Backend`]
     """
-    model = spec.model
-    if spec.backend in LOCAL_BACKENDS and is_builtin(model):
-        model = resolve_model(model, Path(config.output_dir) / "builtin" / model.partition(":")[2])
+    model = local_model(spec.backend, spec.model, Path(config.output_dir) / "builtin")
     return make_backend(spec.backend, model, **backend_options(config, spec.backend, spec.options))
 
 

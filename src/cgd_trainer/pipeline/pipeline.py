@@ -23,9 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backends import LOCAL_BACKENDS, Backend, Request, Sampling, make_backend
+from ..backends import Backend, Request, Sampling, local_model, make_backend
 from ..records import parse_verdict, strip_thinking
-from ..sources import is_builtin, load_source, read_jsonl, resolve_model, write_jsonl
+from ..sources import load_source, read_jsonl, write_jsonl
 from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
 from .config import GenerateConfig
 from .store import StageStore, inputs_hash, request_key
@@ -145,9 +145,8 @@ class Pipeline:
     def backend(self, role: str) -> Backend:
         if self._backends[role] is None:
             c = self.config
-            kind, model = getattr(c, f"{role}_backend"), getattr(c, f"{role}_model")
-            if kind in LOCAL_BACKENDS and is_builtin(model):  # a built-in model: built or converted once, a folder
-                model = resolve_model(model, self.output_dir / "builtin" / model.partition(":")[2])
+            kind = getattr(c, f"{role}_backend")
+            model = local_model(kind, getattr(c, f"{role}_model"), self.output_dir / "builtin")
             self._backends[role] = make_backend(kind, model, **c.role_options(role))
         return self._backends[role]
 
