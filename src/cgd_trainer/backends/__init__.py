@@ -9,7 +9,16 @@
 
 from __future__ import annotations
 
-from .base import PROMPT_FORMATS, Backend, Reply, Request, Sampling, render_completion, request_key
+from .base import (
+    PROMPT_FORMATS,
+    Backend,
+    Reply,
+    Request,
+    Sampling,
+    identity_of,
+    render_completion,
+    request_key,
+)
 from .registry import BACKENDS, LOCAL_BACKENDS, REGISTRY, backend_class, local_model, make_backend
 from .settings import BackendSettings, check_overrides
 
@@ -34,6 +43,7 @@ __all__ = [
     "Sampling",
     "backend_class",
     "check_overrides",
+    "identity_of",
     "local_model",
     "make_backend",
     "render_completion",

@@ -133,16 +133,27 @@ class Backend(ABC):
     def generate(self, requests: Sequence[Request]) -> Iterator[Reply]:
         """Yields one [`Reply`] per request, in any order, each as soon as it is ready."""
 
-    def describe(self) -> dict[str, Any]:
-        """Provenance of the backend: what produced the texts (never credentials)."""
-        described = {
-            "backend": self.name,
-            "model": self.model,
-            "prompt_format": "chat" if self.uses_chat else "completion",
-        }
+    def identity(self) -> dict[str, Any]:
+        """
+        What identifies the model behind a text: the one rule for reruns (request keys) and shard merges. It is the
+        name the model is known by (a hub id, a folder, or the name a server gives it), the fingerprint of its local
+        files where it has them, and the extra fields sent with every request. The backend kind and a server's address
+        do not count: the same model served at another URL (a restarted server, one server per shard) gives the same
+        texts, so serve a retrained model under a new name.
+        """
+        identity: dict[str, Any] = {"model": self.model}
         if self.fingerprint is not None:
-            described["fingerprint"] = self.fingerprint
-        return described
+            identity["fingerprint"] = self.fingerprint
+        if getattr(self, "extra_body", None):
+            identity["extra_body"] = self.extra_body
+        return identity
+
+    def describe(self) -> dict[str, Any]:
+        """
+        Provenance of the backend: what produced the texts (never credentials). Its [`~Backend.identity`] keys, and
+        the prompt format, decide whether two runs used the same model; the other keys are for the reader.
+        """
+        return {"backend": self.name, **self.identity(), "prompt_format": "chat" if self.uses_chat else "completion"}
 
     @property
     def fingerprint(self) -> str | None:
@@ -201,22 +212,26 @@ def render_completion(messages: list[dict[str, str]]) -> str:
     return f"{system}\n\n{user}\n\n### Response\n" if system else f"{user}\n\n### Response\n"
 
 
+def identity_of(described: dict[str, Any]) -> dict[str, Any]:
+    """
+    The part of a [`Backend.describe`] record that says which model made a text (its [`~Backend.identity`] and the
+    prompt format), without what only says where it ran (the backend kind, a server address).
+    """
+    return {key: described[key] for key in ("model", "fingerprint", "extra_body", "prompt_format") if key in described}
+
+
 def request_key(backend: Backend, request: Request) -> str:
     """
     Hash of what determines a completion, the key under which `cgd generate` and `cgd eval` store a result so that a
-    rerun sends nothing twice: the model (and the fingerprint of a local model's files, so that a model
-    retrained into the same folder regenerates), the exact prompt as sent, the decoding settings with their stops and
-    any extra request fields (`extra_body`, e.g. `top_k` or `chat_template_kwargs`).
+    rerun sends nothing twice: the model's [`~Backend.identity`] (its name, the fingerprint of a local model's files so
+    that a model retrained into the same folder regenerates, and any extra request fields such as `top_k` or
+    `chat_template_kwargs`), the exact prompt as sent, and the decoding settings with their stops.
     """
     payload = {
-        "model": backend.model,
+        **backend.identity(),
         "input": request.messages if backend.uses_chat and request.messages is not None else request.prompt,
         "sampling": request.sampling.to_dict(),
     }
-    if getattr(backend, "extra_body", None):
-        payload["extra_body"] = backend.extra_body
-    if backend.fingerprint is not None:
-        payload["fingerprint"] = backend.fingerprint
     if payload["input"] is None:  # a chat-only request to a completion backend: rendered by the backend
         payload["input"] = request.messages
         payload["rendered"] = "completion"

@@ -35,11 +35,27 @@ def main(argv: list[str]) -> int:
     0 when every record is complete up to the stages this command runs; 3 when requests failed or records are left
     incomplete at one of its stages (a rerun continues). Records that wait only for a stage the command does not run
     (`--stages probe`) are reported, but do not make the status 3: rerunning the same command would not finish them.
+    A merge exits 3 when its shards left records incomplete or (with `allow_partial_merge`) a shard was missing; the
+    advice then names what to rerun, since running the merge again changes nothing.
     """
     summary = run(argv)
     failed = sum(summary["failed"].values())
     ran = set(summary["stages"])
     incomplete = sum(count for stage, count in summary["incomplete_records"].items() if stage in ran)
+    if "merged_shards" in summary and incomplete:
+        missing = summary["missing_shards"]
+        advice = [f"{incomplete} records are incomplete."]
+        if missing:
+            advice.append(
+                f"Missing shards (merged anyway, `allow_partial_merge`): {', '.join(missing)}; run `cgd generate` "
+                "with `--shard` set to each of them, then merge all the folders."
+            )
+        advice.append(
+            "Rerunning this merge alone changes nothing: rerun the incomplete shards' own commands (they continue "
+            f"where they stopped), then merge again (exit status {EXIT_INCOMPLETE})."
+        )
+        logger.warning(" ".join(advice))
+        return EXIT_INCOMPLETE
     if failed or incomplete:
         logger.warning(
             f"Work left undone: {failed} failed requests, {incomplete} incomplete records. Run the same command "

@@ -2,7 +2,8 @@
 
 - `config`: [`GenerateConfig`], the settings (the backends' shared settings come from `BackendSettings`);
 - `store`: the append-only stage files and the request keys that make reruns send nothing twice;
-- `pipeline`: reading the questions, running the stages, assembling `records.jsonl` and `summary.json`.
+- `pipeline`: reading the questions, running the stages, assembling `records.jsonl` and `summary.json`;
+- `merge`: the checks that shard runs are one split of one input, made with one set of models and settings.
 
 The command itself is `cgd_trainer.commands.generate`.
 """

@@ -75,6 +75,13 @@ class GenerateConfig(BackendSettings):
             "of the whole input (no generation)."
         },
     )
+    allow_partial_merge: bool = field(
+        default=False,
+        metadata={
+            "help": "With `merge`: merge the shards given although some of the split are missing (their questions "
+            "count as incomplete, exit 3). Without it a missing shard is refused."
+        },
+    )
     output_dir: str = field(default="cgd-data", metadata={"help": "Where stage files, failures and records go."})
     stages: list[str] = field(
         default_factory=lambda: list(STAGES), metadata={"help": "Stages to run, in order: probe, critique, refine."}
@@ -208,6 +215,8 @@ class GenerateConfig(BackendSettings):
             self.merge = [self.merge] if isinstance(self.merge, str) else list(self.merge)
             if self.shard is not None or not self.merge:
                 raise ValueError("`merge` takes the output folders of the shard runs, and no `shard`.")
+        elif self.allow_partial_merge:
+            raise ValueError("`allow_partial_merge` applies to a `merge` only; give the shard folders with `--merge`.")
         if self.shuffle_buffer < 1:
             raise ValueError(f"`shuffle_buffer` must be at least 1, got {self.shuffle_buffer}.")
 

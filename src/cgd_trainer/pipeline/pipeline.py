@@ -28,12 +28,12 @@ from ..records import parse_verdict, strip_thinking
 from ..sources import load_source, read_jsonl, write_jsonl
 from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
 from .config import GenerateConfig
+from .merge import SUMMARY_FILE, check_shards, input_digest, input_settings, read_shards
 from .store import StageStore, inputs_hash, request_key
 
 logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
-SUMMARY_FILE = "summary.json"
 # Output column of each stage.
 STAGE_OUTPUT = {"probe": "initial_response", "critique": "critique", "refine": "refined_response"}
 
@@ -54,6 +54,17 @@ def load_items(config: GenerateConfig, whole: bool = False) -> tuple[list[dict],
     Raises:
         `ValueError`: when a configured column is missing, or two rows share an id.
     """
+    items, dropped = read_input(config)
+    return (items if whole else shard_items(config, items)), dropped
+
+
+def shard_items(config: GenerateConfig, items: list[dict]) -> list[dict]:
+    """The items of the configured shard (`shard: i/n`): every n-th of the whole input from the i-th."""
+    return items[config.shard_index :: config.shard_count] if config.shard_count > 1 else items
+
+
+def read_input(config: GenerateConfig) -> tuple[list[dict], Counter]:
+    """The whole input of [`load_items`], before the shard is taken."""
     splits = load_source(config.dataset_name, config.dataset_config, streaming=config.streaming)
     if config.dataset_split not in splits:
         raise ValueError(f"{config.dataset_name} has no split {config.dataset_split!r}; it has {list(splits)}.")
@@ -119,8 +130,6 @@ def load_items(config: GenerateConfig, whole: bool = False) -> tuple[list[dict],
             elif role == "reference_answer" and value is not None:
                 item[role] = str(value)
         items.append(item)
-    if config.shard_count > 1 and not whole:
-        items = items[config.shard_index :: config.shard_count]
     return items, dropped
 
 
@@ -363,17 +372,21 @@ class Pipeline:
             `dict`: The summary (per-stage counts, records written, verdicts, failures).
         """
         c = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         if c.merge is not None:
             return self.merge()
-        items, dropped = load_items(c)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        whole, dropped = read_input(c)
+        items = shard_items(c, whole)
         stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGES}
         stage_counts = {}
         for index, stage in enumerate(c.stages):
             stage_counts[stage] = self.run_stage(stage, items, stores)
             self._release_unneeded(c.stages[index + 1 :])
         records, incomplete = self.assemble(items, stores)
-        return self._finish(items, dropped, stage_counts, records, incomplete, self.provenance())
+        extra = {"input_sha256": input_digest(whole)}
+        if c.shard is not None:
+            extra["shard"] = c.shard
+        return self._finish(items, dropped, stage_counts, records, incomplete, self.provenance(), extra)
 
     def _release_unneeded(self, later: list[str]) -> None:
         """
@@ -390,55 +403,56 @@ class Pipeline:
         """
         Merges shard runs (`merge: [folders]`) into `output_dir`: their records, put back in the order of the whole
         input (the same `records.jsonl` as one unsharded run with the same settings), and their stage files (so that a
-        rerun of the whole input in `output_dir` sends only what the shards left undone).
+        rerun of the whole input in `output_dir` sends only what the shards left undone). Nothing is written before
+        every check has passed (see [`check_shards`]).
 
         Raises:
-            `ValueError`: when a folder has no `summary.json` (not a finished shard run), the shards were made with
-                different models, decoding settings or templates, or hold records of another input.
+            `ValueError`: when a folder is not a finished run or is given twice, the shards are of different splits,
+                read another input or were made with other models, decoding settings or templates, or a shard is
+                missing and `allow_partial_merge` is not set.
         """
         c = self.config
-        provenance, rows, incomplete = None, {}, Counter()
-        for folder in dict.fromkeys(c.merge):  # a folder given twice counts once
-            path = Path(folder) / SUMMARY_FILE
-            if not path.is_file():
-                raise ValueError(f"`merge`: {folder} has no {SUMMARY_FILE}; give the output folders of shard runs.")
-            shard = json.loads(path.read_text("utf-8"))["provenance"]
-            if provenance is not None and shard != provenance:
-                raise ValueError(
-                    f"`merge`: {folder} was made with other models, decoding settings or templates than {c.merge[0]} "
-                    "(compare `provenance` in their summary.json); merge only shards of one run."
-                )
-            provenance = shard
-            incomplete.update(json.loads(path.read_text("utf-8"))["incomplete_records"])
+        shards = read_shards(c.merge)
+        items, dropped = read_input(c)
+        missing = check_shards(shards, c, input_digest(items), partial=c.allow_partial_merge)
+        rows, incomplete = {}, Counter()
+        for shard in shards:
+            incomplete.update(shard.summary["incomplete_records"])
             # The shard's own records: exactly the outputs its run counted as current.
-            rows.update((row["id"], row) for row in read_jsonl(Path(folder) / RECORDS_FILE))
+            rows.update((row["id"], row) for row in read_jsonl(Path(shard.folder) / RECORDS_FILE))
+        foreign = set(rows) - {item["id"] for item in items}
+        if foreign:  # the input hashes agreed, so only a records file edited by hand gets here
+            raise ValueError(
+                f"`merge`: {len(foreign)} records of the shards (e.g. {sorted(foreign)[0]!r}) are not in this input; "
+                "give the output folders of shard runs as they wrote them."
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         stage_counts = {}
         for stage in STAGES:
             store, merged = StageStore(self.output_dir / f"{stage}.jsonl"), set()
-            for folder in c.merge:
-                source = Path(folder) / f"{stage}.jsonl"
+            for shard in shards:
+                source = Path(shard.folder) / f"{stage}.jsonl"
                 for entry in read_jsonl(source) if source.is_file() else []:
                     if store.entries.get(entry["id"]) != entry:
                         store.append(entry)
                     merged.add(entry["id"])
             store.close()
             stage_counts[stage] = {"merged": len(merged)}
-        items, dropped = load_items(c, whole=True)
-        foreign = set(rows) - {item["id"] for item in items}
-        if foreign:
-            raise ValueError(
-                f"`merge`: {len(foreign)} records of the shards (e.g. {sorted(foreign)[0]!r}) are not in this input; "
-                "give the dataset, `shuffle`, `data_seed` and `max_records` the shards were run with."
-            )
         records = [rows[item["id"]] for item in items if item["id"] in rows]
-        # Incomplete: as each shard counted its own (by first missing stage); questions of a shard not given: probe.
-        missing_shards = len(items) - len(records) - sum(incomplete.values())
-        if missing_shards > 0:
-            incomplete["probe"] += missing_shards
-        return self._finish(items, dropped, stage_counts, records, incomplete, provenance)
+        # Incomplete: as each shard counted its own (by first missing stage); the questions of missing shards: probe.
+        count = shards[0].count
+        left_out = sum(len(items[index::count]) for index in missing)
+        if left_out:
+            incomplete["probe"] += left_out
+        extra = {
+            "input_sha256": input_digest(items),
+            "merged_shards": [shard.label for shard in sorted(shards, key=lambda shard: shard.index)],
+            "missing_shards": [f"{index}/{count}" for index in missing],
+        }
+        return self._finish(items, dropped, stage_counts, records, incomplete, shards[0].summary["provenance"], extra)
 
-    def _finish(self, items, dropped, stage_counts, records, incomplete, provenance) -> dict[str, Any]:
-        """Writes `records.jsonl` and `summary.json`, prints the summary and returns it."""
+    def _finish(self, items, dropped, stage_counts, records, incomplete, provenance, extra) -> dict[str, Any]:
+        """Writes `records.jsonl` and `summary.json` (with the `extra` keys), prints the summary and returns it."""
         c = self.config
         path = self.output_dir / RECORDS_FILE
         write_jsonl(path, records, atomic=True)  # readers never see a half-written file
@@ -454,9 +468,9 @@ class Pipeline:
             "failed": {stage: counts.get("failed", 0) for stage, counts in stage_counts.items()},
             "records_file": str(path),
             "provenance": provenance,
+            "input_settings": input_settings(c),
+            **extra,
         }
-        if c.shard is not None:
-            summary["shard"] = c.shard
         (self.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", "utf-8")
         print(format_summary(summary))
         return summary
@@ -475,6 +489,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{key} {value}" for key, value in counts.items() if key not in ("prompt_tokens", "completion_tokens")
         ]
         lines.append(f"  {stage:<9} " + ", ".join(parts))
+    if "merged_shards" in summary:
+        missing = summary["missing_shards"]
+        lines.append(
+            f"  merged shards: {', '.join(summary['merged_shards'])}"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+        )
     lines.append(f"  records written: {summary['records']} -> {summary['records_file']}")
     if summary["incomplete_records"]:
         lines.append(f"  incomplete (first missing stage): {summary['incomplete_records']}")
