@@ -129,8 +129,9 @@ def test_eval_recipe_scores_what_cgd_demo_writes():
     assert config.benchmarks[0] == demo.HELDOUT and config.system_prompt == ""
 
 
-def _summary(accuracy: dict[str, float]) -> dict:
-    """A `cgd eval` summary with the given accuracy for every label on every benchmark."""
+def _summary(accuracy: dict[str, float], problems: dict[str, int] | None = None) -> dict:
+    """A `cgd eval` summary with the given accuracy for every label on every benchmark, and questions scored."""
+    problems = problems or {demo.ALONE: 10, demo.RIGHT_DRAFTS: 4, demo.WRONG_DRAFTS: 6}
     results, drift = {}, {}
     for label, value in accuracy.items():
         results[label] = {
@@ -138,7 +139,7 @@ def _summary(accuracy: dict[str, float]) -> dict:
             for name in demo.COLUMNS
         }
         drift[label] = {demo.ALONE: {"boxed_rate": value, "critique_rate": 0.0}}
-    benchmarks = [{"name": name, "problems": 10} for name in demo.COLUMNS]
+    benchmarks = [{"name": name, "problems": problems[name]} for name in demo.COLUMNS]
     return {"results": results, "drift_per_benchmark": drift, "benchmarks": benchmarks, "seconds": 1.0,
             "config": {"protocol": "strict"}}  # fmt: skip
 
@@ -155,8 +156,41 @@ def test_comparison_reports_mean_and_sd_over_seeds_with_a_plot(tmp_path):
     text = demo.write_report(table, summary, args, {"cgd (seed 0)": 1.0})
     assert "| cgd | 30.0 ± 14.1 | 30.0 ± 14.1 | 30.0 ± 14.1 | 40.0 ± 14.1 |" in text
     assert "docs/demo.md" in text  # a newcomer reading only the printed table is told where its meaning is
+    assert "(4 with a right draft, 6 with a wrong one)" in text
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert json.loads((tmp_path / "comparison.json").read_text())["cgd"][demo.ALONE]["values"] == [0.2, 0.4]
+
+
+def test_report_counts_what_each_column_scored_under_eval_problems(tmp_path):
+    """`--eval_problems 32` keeps the first 32 of each benchmark: 32 + 32 in the CGD context are not a split of 32."""
+    alone, right, wrong = demo.ALONE, demo.RIGHT_DRAFTS, demo.WRONG_DRAFTS
+    labels = {"untrained": 0.0, demo.run_label("cgd", 0): 0.5}
+    summary = _summary(labels, {alone: 32, right: 32, wrong: 32})
+    args = demo.DemoArguments(output_dir=str(tmp_path), conditions=["cgd"], seeds=[0], eval_problems=32)
+    table = demo.aggregate(summary, ["cgd"], [0])
+    text = demo.write_report(table, summary, args, {}, drafted={right: 49, wrong: 111})
+    assert "with a right draft" not in text  # the old header: "32 held-out questions (...; 32 with a right draft ...)"
+    assert (
+        "Scored on the toy task's 160 held-out questions, none of them in training, at most 32 per column "
+        "(`--eval_problems 32`): 32 asked alone (the first 32 of 160), and in the CGD context 32 whose draft was "
+        "right (the first 32 of 49) and 32 whose draft was wrong (the first 32 of 111), so the two CGD-context "
+        "columns are not a split of the first column's questions."
+    ) in text
+
+    # A benchmark shorter than the cap is scored whole, and says so; SmolLM2 drafts only the first 96 questions.
+    text = demo.scored_questions({alone: 32, right: 12, wrong: 32}, {right: 12, wrong: 84}, 32)
+    assert text.startswith("Scored on the first 96 of the toy task's 160 held-out questions")
+    assert "32 asked alone (the first 32 of 96)" in text and "12 whose draft was right (all of them)" in text
+    # A cap no benchmark reaches cuts nothing: the columns split the held-out questions, as without one.
+    for cap in (None, 96, 200):
+        counts = {alone: 96, right: 12, wrong: 84}
+        assert demo.scored_questions(counts, {right: 12, wrong: 84}, cap) == (
+            "Scored on the first 96 of the toy task's 160 held-out questions, none of them in training "
+            "(12 with a right draft, 84 with a wrong one)"
+        )
+    # Without the benchmarks' sizes, a count at the cap is reported as a cut one.
+    text = demo.scored_questions({alone: 32, right: 32, wrong: 32}, None, 32)
+    assert "32 whose draft was wrong (the first 32)" in text and "with a wrong one" not in text
 
 
 def demo_records(out, verdict: str) -> list[dict]:
@@ -256,7 +290,8 @@ def test_demo_rerun_keeps_finished_runs_and_retrains_changed_ones(tmp_path, caps
     assert cli.main(argv) == 0
     assert f"reusing {run_dir}" in capsys.readouterr().out
     assert weights.stat().st_mtime_ns == trained
-    assert (out / "comparison.md").exists()
+    # The report counts what each column scored, out of the benchmark files `cgd demo` wrote.
+    assert "2 asked alone (the first 2 of 160)" in (out / "comparison.md").read_text()
 
     # Another training setting, or an unfinished run (no marker: it crashed), is not reused.
     data = out / "data" / "sets" / "distilled_sft.jsonl"

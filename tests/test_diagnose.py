@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cgd_trainer.evaluation.diagnose import (
     context_ids,
     diagnose,
     render_contexts,
+    render_markdown,
     target_ids,
 )
 from cgd_trainer.templates import (
@@ -109,8 +111,13 @@ def test_numbers_match_a_direct_computation(tmp_path, tiny_dirs, chatml, records
     after = summary["conditions"]["question+initial+critique"]["mean_nll"]
     assert summary["critique_reduction"]["nll"]["absolute"] == pytest.approx(before - after)
     assert summary["critique_reduction"]["nll"]["relative"] == pytest.approx((before - after) / before)
+    # The signed change the report prints: after - before, the opposite sign of the older `*_reduction` keys.
+    change = summary["critique_change"]["nll"]
+    assert (change["before"], change["after"]) == (before, after)
+    assert change["absolute"] == pytest.approx(after - before)
+    assert change["direction"] == ("higher" if after > before else "lower" if after < before else "unchanged")
     report = (tmp_path / "out" / "diagnose.md").read_text("utf-8")
-    assert "| question+initial+critique |" in report and "## Reduction" in report
+    assert "| question+initial+critique |" in report and "## Change when the context grows" in report
     assert json.loads((tmp_path / "out" / "diagnose.json").read_text("utf-8"))["records"] == 3
 
 
@@ -173,3 +180,39 @@ def test_question_and_initial_context_is_the_no_critique_condition(records):
         multi = render_contexts(record, collator, "multi_turn")["question+initial"]
         assert multi[-1] == {"role": "user", "content": NO_CRITIQUE_FOLLOW_UP}
         assert multi[-2] == {"role": "assistant", "content": record["initial_response"]}
+
+
+def _diagnose_summary(nll: dict[str, float], entropy: dict[str, float]) -> dict:
+    """What `diagnose` returns, with the given means per context (what the report reads, today's and older keys)."""
+    conditions = {
+        c: {"mean_nll": nll[c], "mean_entropy": entropy[c], "perplexity": math.exp(nll[c])} for c in CONDITIONS
+    }
+    summary = {"model": "m", "dataset": "d", "layout": "single_turn", "records": 3, "target_tokens": 30,
+               "skipped_too_long": 0, "conditions": conditions}  # fmt: skip
+    for key, before in (("critique", "question+initial"), ("context", "question")):
+        for metric, means in (("nll", nll), ("entropy", entropy)):
+            b, a = means[before], means["question+initial+critique"]
+            summary.setdefault(f"{key}_reduction", {})[metric] = {"absolute": b - a, "relative": (b - a) / b}
+            summary.setdefault(f"{key}_change", {})[metric] = {
+                "before": b, "after": a, "absolute": a - b, "relative": (a - b) / b,
+                "direction": "higher" if a > b else "lower" if a < b else "unchanged",
+            }  # fmt: skip
+    return summary
+
+
+def test_report_signs_each_change_and_names_its_direction():
+    """A critique that raises the refined answer's NLL (the untrained SmolLM2: 1.639 -> 1.692) reads as a rise."""
+    nll = {"question": 1.900, "question+initial": 1.639, "question+initial+critique": 1.692}
+    entropy = {"question": 2.0, "question+initial": 1.5, "question+initial+critique": 1.5}
+    report = render_markdown(_diagnose_summary(nll, entropy))
+    rows = {
+        tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line
+        for line in report.splitlines()
+        if line.startswith("| critique") or line.startswith("| all")
+    }
+    critique = "critique (x, y' → x, y', c)"
+    assert rows[critique, "nll"] == (f"| {critique} | nll | 1.639 | 1.692 | +0.053 | +3.2% | higher: more uncertain |")
+    assert rows["all (x → x, y', c)", "nll"].endswith("| -0.208 | -10.9% | lower: less uncertain |")
+    assert rows[critique, "entropy"].endswith("| +0.000 | +0.0% | unchanged |")
+    assert "Reduction" not in report and "-3.2%" not in report
+    assert "change = after − before" in report

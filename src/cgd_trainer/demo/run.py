@@ -378,10 +378,75 @@ def render_table(table: dict[str, dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
+def scored_questions(counts: dict[str, int], drafted: dict[str, int] | None = None, cap: int | None = None) -> str:
+    """
+    The report's first words: which held-out questions each column scored.
+
+    The CGD-context benchmarks split the held-out questions the student drafted by the verdict on the draft, and
+    `--eval_problems N` keeps the first N of *each* benchmark; then the three columns no longer score the same
+    questions (the first N right drafts are not among the first N questions), and the report says so, per column.
+
+    Args:
+        counts (`dict[str, int]`): The questions each benchmark scored (`problems` in the `cgd eval` summary).
+        drafted (`dict[str, int]`, *optional*): The questions of each CGD-context benchmark before the cut (its
+            file's rows); unknown when `None`.
+        cap (`int`, *optional*): The `--eval_problems` the evaluation ran with.
+
+    Returns:
+        `str`: A sentence, without its final full stop.
+    """
+    from .problems import TOY_HELDOUT_SIZE
+
+    split = {name: (drafted or {}).get(name) for name in (RIGHT_DRAFTS, WRONG_DRAFTS)}
+    # The held-out questions the student drafted, all 160 or the first ones (SmolLM2 drafts the first 96).
+    pool = None if None in split.values() else split[RIGHT_DRAFTS] + split[WRONG_DRAFTS]
+    available = {ALONE: pool, **split}
+
+    def cut(name: str) -> bool:
+        if available[name] is not None:
+            return counts[name] < available[name]
+        return cap is not None and counts[name] >= cap  # unknown size: at the cap, it may have had more
+
+    def questions(size: int | None) -> str:
+        if size is None:
+            return "the toy task's held-out questions"
+        if size >= TOY_HELDOUT_SIZE:
+            return f"the toy task's {TOY_HELDOUT_SIZE} held-out questions"
+        return f"the first {size} of the toy task's {TOY_HELDOUT_SIZE} held-out questions"
+
+    # Nothing cut, and the two CGD-context columns split the first one's questions: one count says it all.
+    if not any(cut(name) for name in COLUMNS) and counts[RIGHT_DRAFTS] + counts[WRONG_DRAFTS] == counts[ALONE]:
+        return (
+            f"Scored on {questions(counts[ALONE])}, none of them in training ({counts[RIGHT_DRAFTS]} with a right "
+            f"draft, {counts[WRONG_DRAFTS]} with a wrong one)"
+        )
+
+    def column(name: str, what: str) -> str:
+        if not cut(name):
+            return f"{counts[name]} {what} (all of them)"
+        of = f" of {available[name]}" if available[name] is not None else ""
+        return f"{counts[name]} {what} (the first {counts[name]}{of})"
+
+    limit = f", at most {cap} per column (`--eval_problems {cap}`)" if cap is not None else ""
+    return (
+        f"Scored on {questions(pool)}, none of them in training{limit}: {column(ALONE, 'asked alone')}, and in the "
+        f"CGD context {column(RIGHT_DRAFTS, 'whose draft was right')} and "
+        f"{column(WRONG_DRAFTS, 'whose draft was wrong')}, so the two CGD-context columns are not a split of the "
+        "first column's questions"
+    )
+
+
 def write_report(
-    table: dict[str, dict[str, Any]], summary: dict[str, Any], args: DemoArguments, seconds: dict[str, float]
+    table: dict[str, dict[str, Any]],
+    summary: dict[str, Any],
+    args: DemoArguments,
+    seconds: dict[str, float],
+    drafted: dict[str, int] | None = None,
 ) -> str:
-    """Writes `comparison.md`, `comparison.json` and `comparison.png` under the output folder; returns the markdown."""
+    """
+    Writes `comparison.md`, `comparison.json` and `comparison.png` under the output folder; returns the markdown.
+    `drafted` is the size of each CGD-context benchmark before `--eval_problems` cuts it (see [`scored_questions`]).
+    """
     from ..evaluation.report import plot_benchmark_accuracy
 
     out = Path(args.output_dir)
@@ -397,8 +462,7 @@ def write_report(
         [
             "# cgd demo: held-out accuracy per condition",
             "",
-            f"The toy task's {counts[ALONE]} held-out questions (never in training; {counts[RIGHT_DRAFTS]} with a "
-            f"right draft and {counts[WRONG_DRAFTS]} with a wrong one), greedy, graded with the "
+            f"{scored_questions(counts, drafted, args.eval_problems)}. Greedy answers, graded with the "
             f"`{summary['config']['protocol']}` preset. Seeds: {seeds} (a seed orders the training data; every run "
             f"starts {args.spec.trained_from}). Training: the `{args.spec.recipe}` recipe, the same budget for "
             "every condition. Untrained: that model before training.",
@@ -495,6 +559,7 @@ def evaluate_and_report(
         `dict`: The comparison table (see [`aggregate`]).
     """
     from ..evaluation import EvalConfig, run_eval
+    from ..sources import read_jsonl
 
     out = Path(args.output_dir)
     conditions = resolve_conditions(args.conditions)
@@ -515,7 +580,8 @@ def evaluate_and_report(
     )
     summary = run_eval(config)["summary"]
     table = aggregate(summary, conditions, args.seeds)
-    print("\n" + write_report(table, summary, args, seconds or {}))
+    drafted = {name: sum(1 for _ in read_jsonl(path)) for name, path in benchmarks.items()}
+    print("\n" + write_report(table, summary, args, seconds or {}, drafted))
     print(f"Report: {out / 'comparison.md'}")
     return table
 

@@ -55,6 +55,12 @@ if TYPE_CHECKING:  # the collator imports transformers and TRL: loaded only when
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("question", "question+initial", "question+initial+critique")
+# How the report words the direction of a change in NLL or entropy: lower is less uncertain.
+DIRECTION_WORDS = {
+    "lower": "lower: less uncertain",
+    "higher": "higher: more uncertain",
+    "unchanged": "unchanged",
+}
 
 
 @dataclass
@@ -251,9 +257,27 @@ def _summary_stats(values: list[list[float]]) -> dict[str, float | None]:
 
 
 def _reduction(before: float | None, after: float | None) -> dict[str, float | None]:
+    """The drop from `before` to `after` (positive when `after` is lower): the summary's `*_reduction` keys."""
     if before is None or after is None:
         return {"absolute": None, "relative": None}
     return {"absolute": before - after, "relative": (before - after) / before if before else None}
+
+
+def _change(before: float | None, after: float | None) -> dict[str, Any]:
+    """
+    The signed change from `before` to `after`, `after - before`: positive when the longer context leaves the model
+    more uncertain about the refined answer (`direction` "higher"), negative when less ("lower").
+    """
+    if before is None or after is None:
+        return {"before": before, "after": after, "absolute": None, "relative": None, "direction": None}
+    direction = "higher" if after > before else "lower" if after < before else "unchanged"
+    return {
+        "before": before,
+        "after": after,
+        "absolute": after - before,
+        "relative": (after - before) / before if before else None,
+        "direction": direction,
+    }
 
 
 def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, Any]:
@@ -267,7 +291,8 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
 
     Returns:
         `dict`: The summary: per condition the mean NLL and entropy (pooled over tokens, and averaged per record),
-        the reductions the critique brings, and counts.
+        the changes the critique brings (`critique_change`, `context_change`: after - before, with `direction`; the
+        older `*_reduction` keys hold before - after), and counts.
     """
     import torch
     from tqdm.auto import tqdm
@@ -380,6 +405,16 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
             "nll": _reduction(q["mean_nll"], qac["mean_nll"]),
             "entropy": _reduction(q["mean_entropy"], qac["mean_entropy"]),
         },
+        # The same comparisons signed as `after - before`, which the report prints; the `*_reduction` keys above are
+        # `before - after` (a rise shows there as a negative reduction) and stay for readers of older summaries.
+        "critique_change": {
+            "nll": _change(qa["mean_nll"], qac["mean_nll"]),
+            "entropy": _change(qa["mean_entropy"], qac["mean_entropy"]),
+        },
+        "context_change": {
+            "nll": _change(q["mean_nll"], qac["mean_nll"]),
+            "entropy": _change(q["mean_entropy"], qac["mean_entropy"]),
+        },
         "config": asdict(config),
     }
     (output_dir / "diagnose.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
@@ -401,21 +436,33 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     def number(value: float | None, digits: int = 3) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    def share(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f}%"
+    def signed(value: float | None, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
+        # An explicit sign on every change, so that a rise never reads as a drop; "n/a", not a bare "-", when unknown.
+        return "n/a" if value is None else f"{scale * value:+.{digits}f}{unit}"
 
     rows = [
         [c, number(v["mean_nll"]), number(v["mean_entropy"]), number(v["perplexity"], 2)]
         for c, v in summary["conditions"].items()
     ]
-    reductions = []
-    for name, key in (
-        ("critique (x, y' → x, y', c)", "critique_reduction"),
-        ("all (x → x, y', c)", "context_reduction"),
+    conditions = summary["conditions"]
+    changes = []
+    for name, before, after in (
+        ("critique (x, y' → x, y', c)", "question+initial", "question+initial+critique"),
+        ("all (x → x, y', c)", "question", "question+initial+critique"),
     ):
         for metric in ("nll", "entropy"):
-            value = summary[key][metric]
-            reductions.append([name, metric, number(value["absolute"]), share(value["relative"])])
+            change = _change(conditions[before][f"mean_{metric}"], conditions[after][f"mean_{metric}"])
+            changes.append(
+                [
+                    name,
+                    metric,
+                    number(change["before"]),
+                    number(change["after"]),
+                    signed(change["absolute"]),
+                    signed(change["relative"], 100, 1, "%"),
+                    DIRECTION_WORDS.get(change["direction"], "n/a"),
+                ]
+            )
     lines = [
         "# Refinement uncertainty",
         "",
@@ -425,9 +472,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
         markdown_table(["context", "mean NLL", "mean entropy", "perplexity"], rows),
         "",
-        "## Reduction",
+        "## Change when the context grows",
         "",
-        markdown_table(["from → to", "metric", "absolute", "relative"], reductions),
+        "change = after − before, signed. Negative (lower) means the longer context leaves the model less uncertain "
+        "about the refined answer, as the paper expects of the critique; positive (higher) means more uncertain.",
+        "",
+        markdown_table(["from → to", "metric", "before", "after", "change", "relative change", "direction"], changes),
         "",
     ]
     return "\n".join(lines)
