@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,11 @@ def test_recipe_parses_with_the_train_parser(recipe, tmp_path):
     values = yaml.safe_load(recipe.read_text())
     # GPU recipes ask for bf16, which this CPU cannot do; the command line overrides it, as users may.
     overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
-    script, training, model, data, _ = make_parser().parse_args_and_config(
-        args=["--config", str(recipe), *overrides], fail_with_unknown_args=True
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shipped recipe parses without a warning (e.g. no deprecated setting)
+        script, training, model, data, _ = make_parser().parse_args_and_config(
+            args=["--config", str(recipe), *overrides], fail_with_unknown_args=True
+        )
     assert model.model_name_or_path == values["model_name_or_path"]
     assert training.learning_rate == pytest.approx(values["learning_rate"])
     assert training.output_dir == str(tmp_path)
@@ -366,6 +369,21 @@ def test_resume_gives_the_same_loss_curve(tmp_path):
     assert [got[s] for s in range(1, 7)] == pytest.approx([expected[s] for s in range(1, 7)], rel=1e-5)
 
 
+# What every `cgd inspect`/`cgd train` printed before: bitsandbytes' notice about its optional CPU kernels (peft
+# imports bitsandbytes) and transformers 5.24's FutureWarning on `gradient_checkpointing` (TRL's configs set it).
+LIBRARY_NOISE = ("No module named 'kernels'", "FutureWarning", "is deprecated")
+
+
+def test_cgd_inspect_shows_records_and_no_library_noise(tmp_path):
+    command = [sys.executable, "-m", "cgd_trainer.cli", "inspect", "--config", "tiny/cpu", "--count", "1"]
+    run = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "=== record 0: kept" in run.stdout
+    assert not [noise for noise in LIBRARY_NOISE if noise in run.stdout + run.stderr], run.stderr[-3000:]
+    # Inspecting saves no model: the bar of saving the built-in tiny model (which it builds first) says nothing.
+    assert "Writing model shards" not in run.stderr
+
+
 def _train(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "cgd_trainer.cli", "train", *args]
     return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
@@ -489,6 +507,8 @@ def test_cgd_train_launches_through_accelerate_and_passes_its_exit_status_on(tmp
     assert first.returncode == 0, first.stderr[-3000:]
     # Launched once: the launched script does not launch again.
     assert first.stderr.count("Running: accelerate launch --num_processes 1 -m cgd_trainer.scripts.train") == 1
+    # Nothing of the libraries' noise the shipped recipe and imports once caused.
+    assert not [noise for noise in LIBRARY_NOISE if noise in first.stderr], first.stderr[-3000:]
     assert "CGD training summary" in first.stdout and (tmp_path / "model.safetensors").exists()
     # The launched process refuses a finished run (here one without checkpoints): its status 2 reaches the caller.
     _refused(_train(*common), str(tmp_path), "holds a finished run", "--overwrite_output_dir")

@@ -110,6 +110,15 @@ class CGDConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        # transformers 5.24 renamed `gradient_checkpointing[_kwargs]` to `activation_checkpointing[_kwargs]` and warns
+        # whenever the old name carries the value, which TRL's configs always do (their default is True). Where the new
+        # name exists, the value moves to it, so recipes and flags keep the name every transformers 5.x understands.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if getattr(self, new, False) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
         super().__post_init__()
         if self.cgd_layout not in ("auto", *LAYOUTS):
             raise ValueError(f"`cgd_layout` must be one of {['auto', *LAYOUTS]}, got {self.cgd_layout!r}.")

@@ -7,6 +7,7 @@ like a real family (ChatML/Qwen-style, Llama-3-style header tokens, or a base to
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -203,6 +204,21 @@ def prepare_builtin_model(name: str, output_dir: str) -> str:
         if not (path / "config.json").exists():
             tokenizer = build_tokenizer(family, corpus() if corpus else None, **options)
             model = build_model(tokenizer, family, **BUILTIN_SIZE)
-            model.save_pretrained(path)
+            with quiet_progress_bars():  # a one-file model: transformers' "Writing model shards" bar says nothing
+                model.save_pretrained(path)
             tokenizer.save_pretrained(path)
     return str(path)
+
+
+@contextmanager
+def quiet_progress_bars():
+    """Turns transformers' progress bars off for the duration, then back to how they were."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
