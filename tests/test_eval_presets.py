@@ -15,7 +15,13 @@ from cgd_trainer.commands.eval import run as cli_main
 from cgd_trainer.evaluation import EvalConfig
 from cgd_trainer.evaluation import runner as ev
 from cgd_trainer.evaluation.metrics import score_samples
-from cgd_trainer.evaluation.protocols import HARNESS_INSTRUCTION, PROTOCOLS, grade_sample, new_problem_stops
+from cgd_trainer.evaluation.protocols import (
+    HARNESS_INSTRUCTION,
+    PROTOCOLS,
+    grade_sample,
+    harness_keeps_units,
+    new_problem_stops,
+)
 from cgd_trainer.grading import extract_answer_with_fallbacks, parse_gold
 from cgd_trainer.templates import EVAL_SYSTEM_PROMPT
 from servers import ScriptedServer
@@ -49,17 +55,101 @@ GSM8K_STYLE = (
         # A box wins over "the answer is" and over later numbers.
         (r"The answer is 4? No: 2 + 3 = \boxed{5}, checked 2 times.", "5", "boxed"),
         (GSM8K_STYLE, "72", "answer_is"),
-        # The phrase after "answer is": a math span, the sentence up to its end, a number without its unit.
-        (r"So the answer is $\frac{3}{4}$, since 6 of 8 slices were eaten.", r"\frac{3}{4}", "answer_is"),
-        ("He pays 3 * 6 = 18 dollars. The answer is: 18 dollars.", "18", "answer_is"),
-        ("Checking both ends, the final answer is [1, 5), as 2 <= x + 1 < 6.", "[1, 5)", "answer_is"),
-        # A box cut off by the token limit does not count; the last number does (thousands separators removed).
-        (r"Total: 1,072 marbles, so \boxed{1", "1", "last_number"),
+        # After "the answer is": the rest of the output, cleaned the harness's way (spaces and "$" dropped). The
+        # harness removes only the unit words of its list ("cm", not "dollars"), so "18 dollars" stays whole.
+        (
+            r"So the answer is $\frac{3}{4}$, since 6 of 8 slices were eaten.",
+            r"\frac{3}{4},since6of8sliceswereeaten",
+            "answer_is",
+        ),
+        ("He pays 3 * 6 = 18 dollars. The answer is: 18 dollars.", "18dollars", "answer_is"),
+        # "the final answer is" is not "the answer is": its own rule, the rest of the output ("as" is a unit word).
+        ("Checking both ends, the final answer is [1, 5), as 2 <= x + 1 < 6.", "[1,5),2<=x+1<6", "final_answer_is"),
+        # A box cut off by the token limit is read to the end of the output; without a box, the last number (every
+        # comma deleted).
+        (r"Total: 1,072 marbles, so \boxed{1", "1", "boxed"),
         ("Adding them up gives 1,072 marbles in total", "1072", "last_number"),
         ("I cannot solve this.", None, None),
     ],
 )
 def test_harness_extraction_order(output, answer, rule):
+    assert extract_answer_with_fallbacks(output) == (answer, rule)
+
+
+# Each expected reading below is what the harness's own code gives (QwenLM/Qwen2.5-Math, `evaluation/math_eval.py`
+# then `parser.extract_answer` and `parser.strip_string`, run on these strings).
+
+
+def test_minerva_rule_needs_the_i_hope_tail():
+    # Without "$. I hope", "final answer is $...$" is not the Minerva rule: a later box wins...
+    assert extract_answer_with_fallbacks("The final answer is $7$.\n\nWait: 3 + 5 = \\boxed{8}") == ("8", "boxed")
+    # ...and without a box the phrase is read by the plain "final answer is" rule (the rest of the output).
+    assert extract_answer_with_fallbacks(r"The final answer is $\frac{1}{2}$.") == (r"\frac{1}{2}", "final_answer_is")
+    # With the tail: the first such phrase, case-sensitive.
+    two = "The final answer is $2$. I hope it is correct.\nThe final answer is $3$. I hope it is correct."
+    assert extract_answer_with_fallbacks(two) == ("2", "final_answer")
+    assert extract_answer_with_fallbacks("The Final Answer Is $3$. I hope it is correct.") == ("3", "last_number")
+
+
+def test_answer_is_takes_the_rest_of_the_output():
+    # Everything after the last "the answer is", to the end, cleaned: "9." loses its point, the spaces go.
+    assert extract_answer_with_fallbacks("the answer is 9. That took 2 steps.") == ("9Thattook2steps", "answer_is")
+    # A text with number words becomes the number they spell ("two" here), as word2number reads it.
+    assert extract_answer_with_fallbacks("the answer is 9. That took two steps.") == ("2", "answer_is")
+    gold = parse_gold("9")
+    assert grade_sample("the answer is 9. That took 2 steps.", gold, "harness")["correct"] is False
+    assert grade_sample("the answer is 9.", gold, "harness")["correct"] is True
+
+
+def test_units_outside_the_harness_list_are_kept():
+    assert extract_answer_with_fallbacks("the answer is 18 dollars.") == ("18dollars", "answer_is")
+    assert grade_sample("the answer is 18 dollars.", parse_gold("18"), "harness")["correct"] is False
+    # "cm" is in the harness's unit list, except on Minerva-Math, where the harness keeps every unit word.
+    assert extract_answer_with_fallbacks("the answer is 18 cm.") == ("18", "answer_is")
+    assert extract_answer_with_fallbacks("the answer is 18 cm.", keep_units=True) == ("18cm", "answer_is")
+    for benchmark, extracted in (("minerva", "18cm"), ("minerva_math", "18cm"), ("gsm8k", "18"), (None, "18")):
+        row = grade_sample("the answer is 18 cm.", parse_gold("18"), "harness", benchmark=benchmark)
+        assert row["extracted"] == extracted, benchmark
+    assert harness_keeps_units("Minerva-Math") and not harness_keeps_units("math500")
+
+
+@pytest.mark.parametrize(
+    ("output", "answer", "rule"),
+    [
+        # The text after the *last* "boxed", whatever it is part of: the inner box of a nested one, an unclosed group
+        # (to the end), a brace-less answer up to the next `$`, or the word "boxed" in prose. `\fbox` is not a box.
+        (r"\boxed{\boxed{5}}", "5", "boxed"),
+        (r"so \boxed{\frac{1}{2", r"\frac{1}{2", "boxed"),
+        (r"$\boxed 7 then 8$ ok", "7then8", "boxed"),
+        ("I boxed it: 4 apples", "it:4", "boxed"),
+        (r"\fbox{3} and 4", "4", "last_number"),
+        # "he answer is" is case-sensitive and needs "he": "my answer is" or "ANSWER IS" fall through to the last
+        # number.
+        ("So my answer is 5, not 4.", "4", "last_number"),
+        ("THE ANSWER IS 5, not 4.", "4", "last_number"),
+        # The last number is read once every comma is deleted, not only thousands separators.
+        ("The roots are 3,4", "34", "last_number"),
+        # The output is cut at the harness's stop words, and the step tag "ки" is deleted.
+        ("The answer is 5 ки<|im_end|>The answer is 7", "5", "answer_is"),
+        ("所以答案是 5\n\n下一题 7", "5", "answer_is_zh"),
+        # strip_string also cleans boxed answers: `\dfrac`, `x = `, `\%`, `^\circ`, units in `\text{}`, spaces; and
+        # its quirks: "a" is a unit word, "and" is deleted everywhere.
+        (r"\boxed{\dfrac{1}{2}}", r"\frac{1}{2}", "boxed"),
+        (r"\boxed{x = 5}", "5", "boxed"),
+        (r"\boxed{25\%}", "25", "boxed"),
+        (r"\boxed{90^\circ}", "90", "boxed"),
+        (r"\boxed{20 \text{ cm}}", "20", "boxed"),
+        (r"\boxed{\{1, 2\}}", "{1,2}", "boxed"),
+        (r"\boxed{2.50}", "2.50", "boxed"),
+        (r"\boxed{2.00}", "2", "boxed"),
+        (r"\boxed{3/4}", r"\frac{3}{4}", "boxed"),
+        (r"\boxed{\frac12}", r"\frac{1}{2}", "boxed"),
+        (r"\boxed{a^2 + b^2}", "^2+b^2", "boxed"),
+        (r"\boxed{1 \text{ and } 2}", "12", "boxed"),
+        (r"\boxed{}", None, None),
+    ],
+)
+def test_harness_extraction_matches_the_harness(output, answer, rule):
     assert extract_answer_with_fallbacks(output) == (answer, rule)
 
 
@@ -274,3 +364,15 @@ def test_paper_recipes_use_the_harness_preset(name, monkeypatch):
         args=["--config", str(ROOT / "examples" / "eval" / name)]
     )
     assert config.protocol == "harness" and config.instruction == HARNESS_INSTRUCTION
+
+
+def test_cgd_eval_grades_minerva_with_its_unit_words_kept():
+    # The runner passes each benchmark's name to the grading, so `minerva` keeps units as the harness does.
+    from cgd_trainer.evaluation.benchmarks import Problem
+
+    problem = Problem(id="p0", question="How long?", gold="18", gold_parsed=parse_gold("18"))
+    rows = {
+        name: ev._sample_row("m", name, problem, 0, "How long?", "the answer is 18 cm.", None, "k", "harness")
+        for name in ("minerva", "gsm8k")
+    }
+    assert rows["minerva"]["extracted"] == "18cm" and rows["gsm8k"]["extracted"] == "18"

@@ -5,9 +5,11 @@ Two presets, chosen with `protocol` (see `docs/evaluation.md`):
 - `strict` (the default): this library's instruction, the content of the last closed `\boxed{}` graded with
   math-verify, nothing read from an output without a box.
 - `harness`: the protocol of the math-evaluation-harness behind the published Qwen2.5-Math, CFT and CGD numbers: its
-  one-line step-by-step/boxed instruction, answers read with its fallbacks when there is no box ("final answer is
-  $...$", the last box, "the answer is ...", the last number), and completion prompts stopped where a new problem
-  starts. The extracted answer is graded with math-verify, not with the harness's own equality checker.
+  one-line step-by-step/boxed instruction, answers read and cleaned exactly as its `extract_answer` does (Minerva's
+  "final answer is $...$. I hope", else the last "boxed", else everything after "the answer is", else the last
+  number; then its `strip_string`, see `cgd_trainer.grading.extract_answer_with_fallbacks`), and completion prompts
+  stopped where a new problem starts. The extracted answer is graded with math-verify, not with the harness's own
+  equality checker.
 
 Every sample is graded under every preset (`correct_strict`, `correct_harness` in `samples.jsonl`); `correct` is the
 chosen preset's. This module is imported by the config, so math-verify is only imported when something is graded.
@@ -27,17 +29,37 @@ from ..templates import EVAL_SYSTEM_PROMPT
 HARNESS_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-def _boxed_only(text: str | None) -> tuple[str | None, str | None]:
+# The data sets on which the harness keeps unit words in answers (its `STRIP_EXCEPTIONS`), by our benchmark names
+# (aliases are resolved first): Minerva-Math, and carp_en (not in our registry, matched by name).
+HARNESS_KEEPS_UNITS = frozenset({"minerva", "carp_en"})
+
+
+def _boxed_only(text: str | None, benchmark: str | None = None) -> tuple[str | None, str | None]:
     from ..grading import extract_answer
 
     answer = extract_answer(text)
     return answer, ("boxed" if answer else None)
 
 
-def _with_fallbacks(text: str | None) -> tuple[str | None, str | None]:
+def _with_fallbacks(text: str | None, benchmark: str | None = None) -> tuple[str | None, str | None]:
     from ..grading import extract_answer_with_fallbacks
 
-    return extract_answer_with_fallbacks(text)
+    return extract_answer_with_fallbacks(text, keep_units=harness_keeps_units(benchmark))
+
+
+def harness_keeps_units(benchmark: str | None) -> bool:
+    """
+    Whether the harness keeps unit words in the answers of `benchmark` (Minerva-Math: `minerva` and its aliases).
+
+    Args:
+        benchmark (`str` or `None`): The benchmark's name (`None`: unknown, units are removed).
+    """
+    if not benchmark:
+        return False
+    from .benchmarks import ALIASES
+
+    name = benchmark.lower()
+    return ALIASES.get(name, name) in HARNESS_KEEPS_UNITS
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,8 @@ class Protocol:
     Args:
         name (`str`): The value of `protocol`.
         instruction (`str`): The instruction used when `system_prompt` is not set.
-        extract (`Callable`): Reads `(answer, rule)` from an output (`(None, None)` when nothing is found).
+        extract (`Callable`): Reads `(answer, rule)` from an output and the benchmark's name (`(None, None)` when
+            nothing is found).
         stop_at_new_problem (`bool`): Whether completion prompts stop where the model starts a new problem (a new
             line starting like the line before `{question}` in `completion_template`), unless `stop` is set.
         answers (`str`): How answers are read and graded, for the report.
@@ -57,7 +80,7 @@ class Protocol:
 
     name: str
     instruction: str
-    extract: Callable[[str | None], tuple[str | None, str | None]]
+    extract: Callable[[str | None, str | None], tuple[str | None, str | None]]
     stop_at_new_problem: bool
     answers: str
     comparable_with: str
@@ -78,8 +101,9 @@ PROTOCOLS: dict[str, Protocol] = {
         instruction=HARNESS_INSTRUCTION,
         extract=_with_fallbacks,
         stop_at_new_problem=True,
-        answers='"final answer is $...$", else the last closed `\\boxed{}`, else "the answer is ...", else the '
-        "last number (the math-evaluation-harness order), graded with math-verify",
+        answers='read as the math-evaluation-harness reads them: "final answer is $...$. I hope", else the last '
+        '"boxed", else everything after "the answer is", else the last number, cleaned by its `strip_string`; '
+        "graded with math-verify",
         comparable_with="the published Qwen2.5-Math, CFT and CGD tables, made with the math-evaluation-harness; the "
         "checker differs: math-verify here, the harness's own equality checker there",
     ),
@@ -118,7 +142,7 @@ def new_problem_stops(completion_template: str) -> tuple[str, ...]:
     return (f"\n{lines[-1]}",) if lines else ()
 
 
-def grade_sample(text: str | None, gold_parsed: list, protocol: str) -> dict[str, Any]:
+def grade_sample(text: str | None, gold_parsed: list, protocol: str, benchmark: str | None = None) -> dict[str, Any]:
     """
     Grades one output under every preset.
 
@@ -126,6 +150,8 @@ def grade_sample(text: str | None, gold_parsed: list, protocol: str) -> dict[str
         text (`str` or `None`): The output (`None` for a failed generation: wrong under every preset).
         gold_parsed (`list`): The parsed reference (`cgd_trainer.grading.parse_gold`).
         protocol (`str`): The chosen preset, whose reading fills `extracted`, `extracted_by` and `correct`.
+        benchmark (`str`, *optional*): The benchmark's name: under `harness`, Minerva-Math's answers keep their
+            units, as in the harness (see [`harness_keeps_units`]); without it units are removed.
 
     Returns:
         `dict`: `extracted`, `extracted_by` (the rule that found it), `correct`, and `correct_<preset>` for every
@@ -136,7 +162,7 @@ def grade_sample(text: str | None, gold_parsed: list, protocol: str) -> dict[str
     fields: dict[str, Any] = {}
     verdicts: dict[str | None, bool] = {}  # the same answer read by two presets is verified once
     for name, preset in PROTOCOLS.items():
-        answer, rule = preset.extract(text) if text is not None else (None, None)
+        answer, rule = preset.extract(text, benchmark) if text is not None else (None, None)
         if answer not in verdicts:
             verdicts[answer] = verify_answer(answer, gold_parsed)
         fields[f"correct_{name}"] = verdicts[answer]

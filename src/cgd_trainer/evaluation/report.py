@@ -262,8 +262,8 @@ def _gradings_table(results: Mapping[str, Any], benchmarks: Sequence[str], chose
         "## Gradings side by side",
         "",
         "The same outputs graded under each protocol preset (`correct_<preset>` in `samples.jsonl`). `strict` reads "
-        'only the last box; `harness` falls back to "final answer is $...$", "the answer is ..." and the last '
-        "number when there is no box.",
+        "only the last box; `harness` reads the answer as the math-evaluation-harness does (Minerva's final-answer "
+        'line, the last "boxed", everything after "the answer is", the last number, then its clean-up).',
         "",
         markdown_table(["model", "grading", *benchmarks, "average"], rows),
         "",

@@ -163,7 +163,7 @@ def _sample_row(
         "output": text,
         "gold": problem.gold,
         # `extracted`, `extracted_by` and `correct` under the chosen preset, and `correct_<preset>` under each.
-        **grade_sample(text, problem.gold_parsed, protocol),
+        **grade_sample(text, problem.gold_parsed, protocol, benchmark),
         "error": error,
         "key": key,
     }
