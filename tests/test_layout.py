@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,25 @@ def test_importing_the_package_costs_no_torch():
 
     assert CGDTrainer.__module__ == "cgd_trainer.trainer" and CGDConfig.__name__ == "CGDConfig"
     assert CritiqueCollator.__module__ == "cgd_trainer.collator"
+
+
+def test_stages_are_registered_objects_not_setting_names_built_from_strings():
+    from cgd_trainer.pipeline import STAGES, GenerateConfig
+
+    # Only the registry spells a stage's setting names; everything else asks its Stage.
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "stages.py" and re.search(r"f[\"']\{stage\}_", path.read_text("utf-8"))
+    ]
+    assert not offenders, offenders
+    config = GenerateConfig(critique_max_new_tokens=7, refine_stop=["###"], probe_stop_token_ids=[5])
+    seen: list[str] = ["question"]
+    for stage in STAGES.values():
+        assert set(stage.reads) <= set(seen), f"{stage.name} reads what no earlier stage writes"
+        seen.append(stage.output)
+        for name in (stage.template, stage.system, stage.budget, stage.stop, stage.stop_token_ids):
+            assert hasattr(config, name), f"{stage.name}: GenerateConfig has no {name}"
+    assert [s.role for s in STAGES.values()] == ["student", "teacher", "teacher"]
+    assert config.sampling("critique").max_tokens == 7 and config.sampling("probe").max_tokens == 16384
+    assert config.sampling("refine").stop == ("###",) and config.sampling("probe").stop_token_ids == (5,)

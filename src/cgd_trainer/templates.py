@@ -164,13 +164,7 @@ QUESTION_TEMPLATE = "{instruction}\n\n### Question\n{question}"
 # Generation stages (`cgd generate`): the student sees the bare question; the teacher critiques, then refines.
 # ---------------------------------------------------------------------------------------------------------------------
 
-STAGES = ("probe", "critique", "refine")
-# The placeholders each stage's template is given.
-STAGE_FIELDS = {
-    "probe": ("question",),
-    "critique": ("question", "initial_response"),
-    "refine": ("question", "initial_response", "critique"),
-}
+# (The stages themselves, with what each reads and writes, are `cgd_trainer.pipeline.stages`.)
 
 # Stage 1, base models without a chat template: a plain completion prompt.
 PROBE_COMPLETION_TEMPLATE = "Question: {question}\n\nAnswer:"

@@ -12,11 +12,10 @@ from ..templates import (
     PROBE_COMPLETION_TEMPLATE,
     REFINE_SYSTEM,
     REFINE_TEMPLATE,
-    STAGE_FIELDS,
-    STAGES,
     check_template,
     template_id,
 )
+from .stages import ROLES, STAGE_NAMES, STAGES
 
 
 @dataclass
@@ -84,7 +83,8 @@ class GenerateConfig(BackendSettings):
     )
     output_dir: str = field(default="cgd-data", metadata={"help": "Where stage files, failures and records go."})
     stages: list[str] = field(
-        default_factory=lambda: list(STAGES), metadata={"help": "Stages to run, in order: probe, critique, refine."}
+        default_factory=lambda: list(STAGE_NAMES),
+        metadata={"help": "Stages to run, in order: probe, critique, refine."},
     )
 
     student_backend: str = field(default="transformers", metadata={"help": f"Probe backend: one of {BACKENDS}."})
@@ -186,25 +186,21 @@ class GenerateConfig(BackendSettings):
         self.stages = [s.strip() for entry in stages for s in entry.split(",") if s.strip()]
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
-            raise ValueError(f"`stages` must be a non-empty list from {STAGES}, got {self.stages}.")
-        self.stages = [s for s in STAGES if s in self.stages]  # always in pipeline order
-        for role in ("student", "teacher"):
+            raise ValueError(f"`stages` must be a non-empty list from {STAGE_NAMES}, got {self.stages}.")
+        self.stages = [s for s in STAGE_NAMES if s in self.stages]  # always in pipeline order
+        for role in ROLES:
             if getattr(self, f"{role}_backend") not in BACKENDS:
                 raise ValueError(
                     f"`{role}_backend` must be one of {BACKENDS}, got {getattr(self, f'{role}_backend')!r}."
                 )
             if getattr(self, f"{role}_prompt_format") not in PROMPT_FORMATS:
                 raise ValueError(f"`{role}_prompt_format` must be one of {PROMPT_FORMATS}.")
-        for stage, name in (
-            ("probe", "probe_completion_template"),
-            ("critique", "critique_template"),
-            ("refine", "refine_template"),
-        ):
-            check_template(getattr(self, name), name, required=STAGE_FIELDS[stage])
-        for name in ("max_new_tokens", *(f"{stage}_max_new_tokens" for stage in STAGES)):
+        for stage in STAGES.values():
+            check_template(stage.prompt_template(self), stage.template, required=stage.reads)
+        for name in ("max_new_tokens", *(stage.budget for stage in STAGES.values())):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
-        for role in ("student", "teacher"):
+        for role in ROLES:
             value = getattr(self, f"{role}_max_context")
             if value is not None and value < 2:
                 raise ValueError(f"`{role}_max_context` must be at least 2, got {value}.")
@@ -222,23 +218,15 @@ class GenerateConfig(BackendSettings):
 
     def sampling(self, stage: str) -> Sampling:
         """The decoding settings of one stage as configured (unset stops: the backend's and the prompt's defaults)."""
-        budget = getattr(self, f"{stage}_max_new_tokens") or self.max_new_tokens
-        stop = getattr(self, f"{stage}_stop")
-        ids = getattr(self, f"{stage}_stop_token_ids")
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=budget,
-            seed=self.seed,
-            stop=None if stop is None else tuple(stop),
-            stop_token_ids=None if ids is None else tuple(ids),
-        )
+        return STAGES[stage].sampling(self)
 
     def template_ids(self) -> dict[str, str]:
+        """A hash of each stage's prompt wording (the probe's chat form is the bare question, marked `<chat>`)."""
         return {
-            "probe": template_id(self.probe_system_prompt, "<chat>", self.probe_completion_template),
-            "critique": template_id(self.critique_system_prompt, self.critique_template),
-            "refine": template_id(self.refine_system_prompt, self.refine_template),
+            stage.name: template_id(
+                stage.system_prompt(self), *(("<chat>",) if stage.bare_chat else ()), stage.prompt_template(self)
+            )
+            for stage in STAGES.values()
         }
 
     def role_options(self, role: str) -> dict[str, Any]:

@@ -26,16 +26,15 @@ from typing import Any
 from ..backends import Backend, Request, Sampling, local_model, make_backend
 from ..records import parse_verdict, strip_thinking
 from ..sources import load_source, read_jsonl, write_jsonl
-from ..templates import STAGE_FIELDS, STAGES, completion_stops, fill
+from ..templates import completion_stops, fill
 from .config import GenerateConfig
 from .merge import SUMMARY_FILE, check_shards, input_digest, input_settings, read_shards
+from .stages import STAGE_NAMES, STAGE_OUTPUT, STAGES, earlier_stages
 from .store import StageStore, inputs_hash, request_key
 
 logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
-# Output column of each stage.
-STAGE_OUTPUT = {"probe": "initial_response", "critique": "critique", "refine": "refined_response"}
 
 
 def load_items(config: GenerateConfig, whole: bool = False) -> tuple[list[dict], Counter]:
@@ -165,47 +164,38 @@ class Pipeline:
         strings for completion prompts (a new line starting like the prompt's template, i.e. a new question) and the
         backend's default stop ids (a local model's end-of-turn and eos tokens).
         """
-        c = self.config
-        sampling = c.sampling(stage)
+        sampling = STAGES[stage].sampling(self.config)
         if sampling.stop is None and not backend.uses_chat:
-            template = {"probe": c.probe_completion_template, "critique": c.critique_template}.get(
-                stage, c.refine_template
-            )
-            sampling = replace(sampling, stop=completion_stops(template))
+            sampling = replace(sampling, stop=completion_stops(STAGES[stage].prompt_template(self.config)))
         return backend.resolve(sampling)
 
     def build_request(
         self, stage: str, item: dict, values: dict[str, str], sampling: Sampling | None = None
     ) -> Request:
         """The request of one stage for one record, in chat form (and completion form for the student)."""
-        c = self.config
+        c, spec = self.config, STAGES[stage]
         meta = {"stage": stage, **values}
-        sampling = sampling if sampling is not None else c.sampling(stage)
-        if stage == "probe":
+        sampling = sampling if sampling is not None else spec.sampling(c)
+        system, template = spec.system_prompt(c), spec.prompt_template(c)
+        if spec.bare_chat:  # the chat model is asked the bare question; the template is its completion prompt
             messages = [{"role": "user", "content": values["question"]}]
-            if c.probe_system_prompt:
-                messages.insert(0, {"role": "system", "content": c.probe_system_prompt})
-            prompt = fill(c.probe_completion_template, question=values["question"])
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
+            prompt = fill(template, question=values["question"])
             return Request(item["id"], messages=messages, prompt=prompt, sampling=sampling, meta=meta)
-        system, template = (
-            (c.critique_system_prompt, c.critique_template)
-            if stage == "critique"
-            else (c.refine_system_prompt, c.refine_template)
-        )
         messages = [{"role": "system", "content": system}, {"role": "user", "content": fill(template, **values)}]
         return Request(item["id"], messages=messages, sampling=sampling, meta=meta)
 
     def _inputs(self, stage: str, item: dict, stores: dict[str, StageStore]) -> dict[str, str] | None:
         """The fields a stage needs for one record (from the input data or earlier stages), or `None` if missing."""
         values = {"question": item["question"]}
-        for earlier in STAGES[: STAGES.index(stage)]:
-            column = STAGE_OUTPUT[earlier]
-            if column not in STAGE_FIELDS[stage]:
+        for earlier in earlier_stages(STAGES[stage]):
+            if earlier.output not in STAGES[stage].reads:
                 continue
-            text = self.current_text(earlier, item, stores)
+            text = self.current_text(earlier.name, item, stores)
             if not text:
                 return None
-            values[column] = text
+            values[earlier.output] = text
         return values
 
     def current_text(self, stage: str, item: dict, stores: dict[str, StageStore]) -> str | None:
@@ -230,7 +220,7 @@ class Pipeline:
         """Sends the stage's unfinished requests and stores every reply; returns the stage's counts."""
         c = self.config
         counts: Counter = Counter()
-        role = "student" if stage == "probe" else "teacher"
+        role = STAGES[stage].role
         given = STAGE_OUTPUT[stage]
         todo: list[tuple[dict, dict]] = []
         for item in items:
@@ -340,7 +330,7 @@ class Pipeline:
                 if backend is not None
                 else {"backend": getattr(c, f"{role}_backend"), "model": getattr(c, f"{role}_model")}
             )
-        sampling = {stage: self._sampling.get(stage, c.sampling(stage)).to_dict() for stage in STAGES}
+        sampling = {name: self._sampling.get(name, stage.sampling(c)).to_dict() for name, stage in STAGES.items()}
         return {**described, "sampling": sampling, "templates": c.template_ids()}
 
     def assemble(
@@ -350,8 +340,8 @@ class Pipeline:
         provenance = provenance if provenance is not None else self.provenance()
         records, incomplete = [], Counter()
         for item in items:
-            texts = {STAGE_OUTPUT[stage]: self.current_text(stage, item, stores) for stage in STAGES}
-            missing = [stage for stage in STAGES if not texts[STAGE_OUTPUT[stage]]]
+            texts = {STAGE_OUTPUT[stage]: self.current_text(stage, item, stores) for stage in STAGE_NAMES}
+            missing = [stage for stage in STAGE_NAMES if not texts[STAGE_OUTPUT[stage]]]
             if missing:
                 incomplete[missing[0]] += 1
                 continue
@@ -359,7 +349,7 @@ class Pipeline:
             record = {"id": item["id"], "prompt": item["question"], **texts, "verdict": verdict}
             # Every record has the same keys, whatever its row held: readers never meet a key that appears late.
             record["reference_answer"] = item.get("reference_answer")
-            sources = {stage: "input" for stage in STAGES if item.get(STAGE_OUTPUT[stage])}
+            sources = {stage: "input" for stage in STAGE_NAMES if item.get(STAGE_OUTPUT[stage])}
             record["provenance"] = {**provenance, "from_input": sorted(sources)}
             records.append(record)
         return records, incomplete
@@ -377,7 +367,7 @@ class Pipeline:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         whole, dropped = read_input(c)
         items = shard_items(c, whole)
-        stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGES}
+        stores = {stage: StageStore(self.output_dir / f"{stage}.jsonl") for stage in STAGE_NAMES}
         stage_counts = {}
         for index, stage in enumerate(c.stages):
             stage_counts[stage] = self.run_stage(stage, items, stores)
@@ -393,7 +383,7 @@ class Pipeline:
         Closes the backends no later stage uses: the offline student engine leaves the GPU before the teacher loads
         (two vLLM engines in one process do not fit next to each other).
         """
-        needed = {"student" if stage == "probe" else "teacher" for stage in later}
+        needed = {STAGES[stage].role for stage in later}
         for role, backend in self._backends.items():
             others = [b for r, b in self._backends.items() if r != role]
             if backend is not None and role not in needed and all(backend is not b for b in others):
@@ -428,7 +418,7 @@ class Pipeline:
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         stage_counts = {}
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             store, merged = StageStore(self.output_dir / f"{stage}.jsonl"), set()
             for shard in shards:
                 source = Path(shard.folder) / f"{stage}.jsonl"
