@@ -207,8 +207,11 @@ def test_preset_defaults_and_explicit_overrides():
     chat, completion = harness.sampling_for(chat=True), harness.sampling_for(chat=False)
     assert (chat.temperature, chat.n, chat.stop, chat.stop_token_ids) == (0.0, 1, None, None)
     assert completion.stop == ("\nProblem:",) and completion.stop_token_ids is None
-    # The strict preset keeps the earlier behaviour: no stop strings of its own.
-    assert strict.sampling_for(chat=False).stop is None and strict.sampling == strict.sampling_for(chat=True)
+    # The default preset stops completion prompts at a new problem too (it once sent none, and a base model's made-up
+    # next problem was graded by its box); chat prompts get no stop strings.
+    assert strict.sampling_for(chat=False).stop == ("\nProblem:",) and strict.sampling == strict.sampling_for(
+        chat=True
+    )
 
     # Explicit settings win over the preset's defaults.
     own = EvalConfig(protocol="harness", system_prompt="Solve it.", stop=[], stop_token_ids=[151645, 151643])
@@ -238,17 +241,20 @@ def test_base_model_writing_another_problem(tmp_path):
     with ScriptedServer(reply=lambda messages: RUNAWAY, model="base") as server:
         common = ["--models", "base", "--backend", "openai", "--base_url", server.base_url]
         common += ["--prompt_format", "completion", "--benchmarks", str(problems), "--plot", "false"]
-        # harness: the prompt's problem header stops the output, so the box of the made-up problem is never read.
-        summary = cli_main([*common, "--protocol", "harness", "--output_dir", str(tmp_path / "harness")])["summary"]
-        assert server.bodies[-1]["stop"] == ["\nProblem:"]
-        (row,) = read_jsonl(tmp_path / "harness" / "samples.jsonl")
-        assert row["output"] == "3x = 5 - 20 = -15, so x = \\boxed{-5}.\n"
-        assert (row["extracted"], row["correct"], row["correct_strict"]) == ("-5", True, True)
-        assert summary["results"]["base"]["one"]["accuracy"] == 1.0
+        # Under either preset the prompt's problem header stops the output, so the made-up problem's box is never
+        # read.
+        for protocol in ("harness", "strict"):
+            out = tmp_path / protocol
+            summary = cli_main([*common, "--protocol", protocol, "--output_dir", str(out)])["summary"]
+            assert server.bodies[-1]["stop"] == ["\nProblem:"]
+            (row,) = read_jsonl(out / "samples.jsonl")
+            assert row["output"] == "3x = 5 - 20 = -15, so x = \\boxed{-5}.\n"
+            assert (row["extracted"], row["correct"], row["correct_strict"]) == ("-5", True, True)
+            assert summary["results"]["base"]["one"]["accuracy"] == 1.0
 
-        # Without stops (the strict preset sends none; `stop: []` turns the harness's off) the whole output comes
-        # back and the answer read is the *last* box: the made-up problem's, graded wrong under both presets.
-        for protocol, extra in (("strict", ""), ("harness", "stop: []\n")):
+        # Without stops (`stop: []` turns them off) the whole output comes back and the answer read is the *last*
+        # box: the made-up problem's, graded wrong under both presets.
+        for protocol, extra in (("strict", "stop: []\n"), ("harness", "stop: []\n")):
             out = tmp_path / f"{protocol}-no-stop"
             config = tmp_path / f"{protocol}.yaml"
             config.write_text(f"protocol: {protocol}\n{extra}", "utf-8")

@@ -120,10 +120,10 @@ class EvalConfig(BackendSettings):
         protocol (`str`): The preset (`cgd_trainer.evaluation.protocols`): `strict` (the default: our instruction,
             the last box graded with math-verify, an output without a box is wrong) or `harness` (the
             math-evaluation-harness protocol of the published Qwen2.5-Math/CFT/CGD numbers: its instruction, answers
-            read with its fallbacks, completion prompts stopped at a new problem). It sets defaults only:
+            read with its fallbacks). It sets defaults only:
             `system_prompt`, `stop` and `stop_token_ids` set explicitly win. Every sample is graded under both.
-        stop (`list[str]`): Strings that end an output. Default: the preset's (`harness`: a new line starting like
-            the completion template's problem header, for completion prompts; none for chat); `[]`: none.
+        stop (`list[str]`): Strings that end an output. Default, under every preset: for completion prompts a new
+            line starting like the completion template's problem header (`\nProblem:`); none for chat. `[]`: none.
         stop_token_ids (`list[int]`): Token ids that end an output. Default: the backend's (local models: the chat
             template's end-of-turn token and every eos id; servers: their own); set them for a server whose model
             does not list its end-of-turn token as eos (e.g. `[151645, 151643]` for Qwen, `[128009]` for Llama 3).
@@ -266,11 +266,14 @@ class EvalConfig(BackendSettings):
             chat (`bool`): Whether the model gets chat messages (else completion prompts).
 
         Returns:
-            [`Sampling`]: `stop` and `stop_token_ids` as set; when unset, the preset's stop strings (for completion
-            prompts under `harness`) and the backend's default stop ids (`None`).
+            [`Sampling`]: `stop` and `stop_token_ids` as set; when unset, a completion prompt stops where the model
+            starts a new problem (a new line starting like the line before `{question}` in `completion_template`)
+            under every preset, and the backend's default stop ids apply (`None`).
         """
         stop = self.stop
-        if stop is None and not chat and self.preset.stop_at_new_problem:
+        if stop is None and not chat:
+            # Under every preset: a base model that goes on to a problem of its own would otherwise be graded by
+            # that problem's box, the last one in its output.
             stop = list(new_problem_stops(self.completion_template))
         return Sampling(
             temperature=self.temperature,

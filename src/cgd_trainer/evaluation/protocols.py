@@ -7,10 +7,11 @@ Two presets, chosen with `protocol` (see `docs/evaluation.md`):
 - `harness`: the protocol of the math-evaluation-harness behind the published Qwen2.5-Math, CFT and CGD numbers: its
   one-line step-by-step/boxed instruction, answers read and cleaned exactly as its `extract_answer` does (Minerva's
   "final answer is $...$. I hope", else the last "boxed", else everything after "the answer is", else the last
-  number; then its `strip_string`, see `cgd_trainer.grading.extract_answer_with_fallbacks`), and completion prompts
-  stopped where a new problem starts. The extracted answer is graded with math-verify, not with the harness's own
-  equality checker.
+  number; then its `strip_string`, see `cgd_trainer.grading.extract_answer_with_fallbacks`). The extracted answer is
+  graded with math-verify, not with the harness's own equality checker.
 
+Under both, a completion prompt (a model without a chat template) stops where the model starts a new problem, so that
+a base model's made-up next problem, and its box, never reach the grading.
 Every sample is graded under every preset (`correct_strict`, `correct_harness` in `samples.jsonl`); `correct` is the
 chosen preset's. This module is imported by the config, so math-verify is only imported when something is graded.
 """
@@ -72,8 +73,6 @@ class Protocol:
         instruction (`str`): The instruction used when `system_prompt` is not set.
         extract (`Callable`): Reads `(answer, rule)` from an output and the benchmark's name (`(None, None)` when
             nothing is found).
-        stop_at_new_problem (`bool`): Whether completion prompts stop where the model starts a new problem (a new
-            line starting like the line before `{question}` in `completion_template`), unless `stop` is set.
         answers (`str`): How answers are read and graded, for the report.
         comparable_with (`str`): Which published numbers this preset's scores can be compared with.
     """
@@ -81,7 +80,6 @@ class Protocol:
     name: str
     instruction: str
     extract: Callable[[str | None, str | None], tuple[str | None, str | None]]
-    stop_at_new_problem: bool
     answers: str
     comparable_with: str
 
@@ -91,7 +89,6 @@ PROTOCOLS: dict[str, Protocol] = {
         name="strict",
         instruction=EVAL_SYSTEM_PROMPT,
         extract=_boxed_only,
-        stop_at_new_problem=False,
         answers="the last closed `\\boxed{}` of the output, graded with math-verify; an output without a box is wrong",
         comparable_with="other `cgd eval` runs with `protocol: strict`; lower than the published numbers on models "
         "that do not always box their answer",
@@ -100,7 +97,6 @@ PROTOCOLS: dict[str, Protocol] = {
         name="harness",
         instruction=HARNESS_INSTRUCTION,
         extract=_with_fallbacks,
-        stop_at_new_problem=True,
         answers='read as the math-evaluation-harness reads them: "final answer is $...$. I hope", else the last '
         '"boxed", else everything after "the answer is", else the last number, cleaned by its `strip_string`; '
         "graded with math-verify",
