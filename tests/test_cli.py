@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cgd_trainer.demo.problems import generate_records
+from cgd_trainer.errors import MissingDependency
 
 
 def cgd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -98,3 +99,60 @@ def test_train_refuses_a_misspelt_recipe_key_or_flag_before_any_work(tmp_path):
     run = cgd("train", "--config", str(recipe), "--max_stepz", "1")
     assert_usage_error(run, "--max_stepz", "--max_steps")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (KeyError("a lookup the code got wrong"), None),  # a bug: the traceback is what finds it
+        (ImportError("cannot import name 'x' from 'cgd_trainer.y'"), None),
+        (AttributeError("'NoneType' object has no attribute 'z'"), None),
+        (ModuleNotFoundError("No module named 'cgd_trainer.gone'", name="cgd_trainer.gone"), None),
+        (ValueError("--max_records: at least 1, got 0."), 2),
+        (MissingDependency("The `vllm` backend needs vLLM: pip install 'cgd-trainer[vllm]'."), 2),
+    ],
+    ids=["KeyError", "ImportError", "AttributeError", "own-module-missing", "ValueError", "MissingDependency"],
+)
+def test_only_user_mistakes_are_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys, raised, status):
+    from cgd_trainer import cli
+    from cgd_trainer.commands import build
+
+    def fails(argv):
+        raise raised
+
+    monkeypatch.setattr(build, "main", fails)
+    if status is None:
+        with pytest.raises(type(raised)):  # uncaught: Python prints the traceback and exits 1
+            cli.main(["build"])
+        return
+    assert cli.main(["build"]) == status
+    assert capsys.readouterr().err.strip() == f"cgd build: error: {raised}"
+
+
+def test_another_package_not_installed_is_one_line(monkeypatch, capsys):
+    from cgd_trainer import cli
+    from cgd_trainer.commands import build
+
+    def fails(argv):
+        raise ModuleNotFoundError("No module named 'vllm'", name="vllm")
+
+    monkeypatch.setattr(build, "main", fails)
+    assert cli.main(["build"]) == 2
+    assert "No module named 'vllm'; install it" in capsys.readouterr().err
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(monkeypatch):
+    import builtins
+
+    from cgd_trainer.evaluation import report
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(MissingDependency, match=r"cgd-trainer\[eval\].*plot: false"):
+        report._pyplot()

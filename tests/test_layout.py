@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgd_trainer"
 # from its own unit, never from a higher layer nor from another unit of the same layer (one stage never reaches into
 # another stage's internals).
 LAYERS = [
-    ("templates",),
+    ("templates", "errors"),
     ("records",),
     ("sources", "grading", "pretrained"),
     ("backends",),

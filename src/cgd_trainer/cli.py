@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from .errors import USER_ERRORS  # imports nothing: `cgd --help` stays fast
+
 EXIT_USAGE = 2  # the same value as cgd_trainer.commands.EXIT_USAGE, kept here so that `--help` imports nothing
 
 # name -> (module with `main(argv) -> int`, one-line help).
@@ -48,9 +50,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 
-# Errors that are the user's to fix (a bad value, a missing file, a bad record): one line, exit status 2.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ImportError)
-
 
 def _missing_cpu_kernels(record: logging.LogRecord) -> bool:
     """
@@ -70,8 +69,7 @@ def usage() -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return " ".join(str(text).split()) or type(error).__name__
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(COMMANDS[command][0]).main(rest)
     except USER_ERRORS as error:
-        own_module_missing = isinstance(error, ModuleNotFoundError) and (error.name or "").startswith("cgd_trainer")
-        if os.environ.get("CGD_TRACEBACK") or own_module_missing:  # the latter is a broken install or a bug
+        if os.environ.get("CGD_TRACEBACK"):
             raise
         print(f"cgd {command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as error:
+        # Another package that is not installed (an extra's, e.g. vllm) is the user's to install; a module of this
+        # package that cannot be found is a broken install or a bug, and keeps its traceback.
+        if os.environ.get("CGD_TRACEBACK") or not error.name or error.name.split(".")[0] == "cgd_trainer":
+            raise
+        print(
+            f"cgd {command}: error: {_one_line(error)}; install it (see `pip install 'cgd-trainer[...]'` extras).",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"cgd {command}: interrupted; rerun the same command to continue.", file=sys.stderr)

@@ -25,10 +25,12 @@ import re
 import threading
 from typing import Any
 
+from .errors import MissingDependency
+
 try:
     from math_verify import LatexExtractionConfig, parse, verify
 except ImportError as error:  # an optional dependency: say how to get it
-    raise ImportError(
+    raise MissingDependency(
         "`cgd_trainer.grading` needs math-verify (>= 0.8): `pip install 'cgd-trainer[eval]'`."
     ) from error
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..errors import MissingDependency
 from .base import Backend, Reply, Request, fit_budget, render_completion
 from .local import (
     free_accelerator_memory,
@@ -61,7 +62,7 @@ class VLLMBackend(Backend):
         try:
             import vllm
         except ImportError as error:
-            raise ImportError(
+            raise MissingDependency(
                 'The `vllm` backend needs vLLM: `pip install "cgd-trainer[vllm]"` on a CUDA machine, or use the '
                 "`openai` backend against a `vllm serve` server."
             ) from error

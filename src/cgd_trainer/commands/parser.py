@@ -18,9 +18,9 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
+from ..errors import UsageError
 
-class UsageError(ValueError):
-    """A mistake of the user's in flags or configuration, reported in one line (exit status 2)."""
+__all__ = ["ConfigParser", "UsageError", "did_you_mean", "load_yaml_config"]
 
 
 def did_you_mean(key: str, valid: Iterable[str]) -> str:

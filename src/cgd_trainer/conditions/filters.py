@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import MissingDependency
 from .readers import read_questions
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def filter_correct_records(
         try:
             from ..grading import grade
         except ImportError as error:
-            raise ImportError(
+            raise MissingDependency(
                 "`filter_correct` grades refined answers with math-verify (`cgd_trainer.grading`); install it with "
                 "`pip install 'cgd-trainer[eval]'`."
             ) from error

@@ -7,13 +7,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependency
 from .metrics import CRITIQUE_DETECTORS
 from .protocols import PROTOCOLS, get_protocol
 
 
 def _pyplot():
     # Agg renders to files without a display (servers, CI); set before pyplot is first imported.
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise MissingDependency(
+            "Plots need matplotlib: `pip install 'cgd-trainer[eval]'`, or set `plot: false`."
+        ) from error
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
