@@ -198,3 +198,21 @@ def test_stages_are_registered_objects_not_setting_names_built_from_strings():
     assert [s.role for s in STAGES.values()] == ["student", "teacher", "teacher"]
     assert config.sampling("critique").max_tokens == 7 and config.sampling("probe").max_tokens == 16384
     assert config.sampling("refine").stop == ("###",) and config.sampling("probe").stop_token_ids == (5,)
+
+
+def test_every_command_module_has_the_same_three_functions():
+    # `make_parser()`, `run(argv)` (the result, for scripts and tests) and `main(argv) -> int` (the exit status).
+    import inspect as pyinspect
+
+    from cgd_trainer.cli import COMMANDS
+
+    for name, (module_name, _) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        for function in ("make_parser", "run", "main"):
+            assert callable(getattr(module, function, None)), f"cgd {name}: {module_name} has no {function}()"
+        assert (
+            "argv" in pyinspect.signature(module.run).parameters
+            and "argv" in pyinspect.signature(module.main).parameters
+        )
+        parser = module.make_parser()
+        assert parser.prog is None or name in parser.prog or parser.prog.startswith("cgd"), (name, parser.prog)

@@ -86,6 +86,13 @@ def describe(index: int, row: dict | None, status: str, max_length: int | None, 
     )
 
 
+def make_parser(prog: str | None = "cgd inspect"):
+    """The `cgd inspect` parser: the training parser's arguments (the recipe's) and the [`InspectArguments`]."""
+    from . import train as train_command
+
+    return train_command.make_parser(prog=prog, extra_types=(InspectArguments,))
+
+
 def run(argv: list[str], prog: str = "cgd inspect", stream=None) -> list[dict | None]:
     """
     Shows records of a training recipe's data as the trainer prepares them.

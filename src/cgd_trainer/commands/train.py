@@ -75,7 +75,7 @@ class LaunchArguments:
         return args
 
 
-def make_parser(prog: str | None = None, extra_types: tuple = ()):
+def make_parser(prog: str | None = "cgd train", extra_types: tuple = ()):
     """
     The parser of `cgd train` and `examples/train.py`: TRL's script, model and dataset-mixture arguments with
     [`CGDConfig`], and the [`LaunchArguments`] (then `extra_types`, for commands that read training recipes).

@@ -492,6 +492,17 @@ def write_report(
     return text
 
 
+def make_parser(prog: str | None = "cgd demo"):
+    """
+    The `cgd demo` parser: the [`DemoArguments`]; the flags it does not take are training flags, which the student's
+    recipe is parsed with (see [`parse`]).
+    """
+    from transformers import HfArgumentParser
+
+    # No abbreviations: `--seed 7` must not silently become `--seeds 7`.
+    return HfArgumentParser((DemoArguments,), prog=prog, allow_abbrev=False)
+
+
 def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
     """
     Splits the arguments into the demo's own settings and the training flags, and checks both before any work.
@@ -503,14 +514,10 @@ def parse(argv: list[str]) -> tuple[DemoArguments, list[str], Any]:
         [`UsageError`]: for a setting the demo makes itself, a bad demo setting, a misspelt training flag, or a
             missing evaluation extra.
     """
-    from transformers import HfArgumentParser
-
     from ..commands import train
     from ..commands.parser import UsageError, did_you_mean
 
-    # No abbreviations: `--seed 7` must not silently become `--seeds 7`.
-    parser = HfArgumentParser((DemoArguments,), prog="cgd demo", allow_abbrev=False)
-    args, training_flags = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    args, training_flags = make_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     for flag in training_flags:
         name = flag.split("=", 1)[0]
         if name in OWN_TRAINING_FLAGS:
@@ -586,10 +593,16 @@ def evaluate_and_report(
     return table
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str]) -> dict[str, dict[str, Any]]:
     """
     `cgd demo [--conditions ...] [--seeds ...] [training flags]`: generate, build, train each condition from scratch,
-    evaluate on the held-out questions and print the comparison. Returns the exit status.
+    evaluate on the held-out questions and print the comparison.
+
+    Returns:
+        `dict`: The comparison table (see [`aggregate`]).
+
+    Raises:
+        [`DemoStepFailed`]: when one of the commands it runs ends with a non-zero exit status (it has said why).
     """
     import time
 
@@ -597,12 +610,9 @@ def main(argv: list[str]) -> int:
 
     args, training_flags, training_args = parse(argv)
     out = Path(args.output_dir)
-    try:
-        # A student with a probing limit has (at least) the questions scored probed, however many are asked for.
-        limit = args.spec.heldout_questions and max(args.spec.heldout_questions, args.eval_problems)
-        sets, benchmarks = make_demo_data(out / "data", training_args, args.student, limit)
-    except DemoStepFailed as failure:
-        return failure.status
+    # A student with a probing limit has (at least) the questions scored probed, however many are asked for.
+    limit = args.spec.heldout_questions and max(args.spec.heldout_questions, args.eval_problems)
+    sets, benchmarks = make_demo_data(out / "data", training_args, args.student, limit)
     seconds: dict[str, float] = {}
     conditions = resolve_conditions(args.conditions)
     for seed in args.seeds:
@@ -635,9 +645,17 @@ def main(argv: list[str]) -> int:
                 prog="cgd demo",
             )
             if status != 0:
-                return status
+                raise DemoStepFailed(status)
             seconds[label] = round(time.time() - started, 1)
             finished = {"fingerprint": fingerprint, "seconds": seconds[label]}
             (run_dir / FINISHED).write_text(json.dumps(finished, indent=2) + "\n", encoding="utf-8")
-    evaluate_and_report(args, benchmarks, seconds)
+    return evaluate_and_report(args, benchmarks, seconds)
+
+
+def main(argv: list[str]) -> int:
+    """`cgd demo`'s exit status: 0 when the comparison is printed, else the status of the step that failed."""
+    try:
+        run(argv)
+    except DemoStepFailed as failure:
+        return failure.status
     return 0
