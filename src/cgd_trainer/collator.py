@@ -9,8 +9,6 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.data.data_collator import DataCollatorMixin
-from trl.data_utils import _tokenize, common_prefix_length
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .records import record_error, validate_record
 from .templates import (
@@ -25,6 +23,8 @@ from .templates import (
     check_template,
     fill,
 )
+from .trl_boundary import DataCollatorForLanguageModeling, common_prefix_length
+from .trl_boundary import tokenize as _tokenize
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,17 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 from trl import SFTConfig, SFTTrainer
-from trl.data_utils import get_dataset_column_names
-from trl.trainer.utils import global_then_local_main_first
 
+from . import trl_boundary
 from .collator import DROPPED, KEPT, SHORTENED, CritiqueCollator, has_chat_template
 from .config import CGDConfig
 from .sources import BUILTIN_PREFIX, is_builtin, resolve_model
+from .trl_boundary import (
+    get_dataset_column_names,
+    get_training_chat_template,
+    global_then_local_main_first,
+    has_generation_markers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class CGDTrainer(SFTTrainer):
     All arguments are those of [`~trl.SFTTrainer`]; `args` may be a [`CGDConfig`] or a plain `SFTConfig`.
     """
 
+    # TRL's trainer convention: the tags, name and paper it writes into every model card (see `trl_boundary`).
     _tag_names = ["trl", "sft", "cgd"]
     _name = "CGD"
     _paper = {
@@ -120,8 +126,7 @@ class CGDTrainer(SFTTrainer):
             # SFTTrainer decides the loss mask from the first training example before it prepares any data, so it must
             # see the prompt-completion shape. It gets a one-row stand-in; `_prepare_dataset` swaps the real data back.
             stand_in = self._stand_in(train_dataset, processing_class, args)
-            self._cgd_pending.append((stand_in, train_dataset))
-            train_dataset = stand_in
+            train_dataset = trl_boundary.stand_in(self._cgd_pending, train_dataset, stand_in)
 
         super().__init__(
             model,
@@ -148,12 +153,12 @@ class CGDTrainer(SFTTrainer):
             data_collator.processing_class = self.processing_class
         advice = packed_attention_advice(
             getattr(getattr(self.model, "config", None), "_attn_implementation", None),
-            getattr(self, "padding_free", False),
+            trl_boundary.padding_free(self),
             self.args.device.type,
         )
         if advice:
             logger.warning(advice)
-        if not getattr(self.args, "cgd_fused_lm_head", True) and self.aux_loss_enabled:
+        if not getattr(self.args, "cgd_fused_lm_head", True) and trl_boundary.aux_loss_enabled(self):
             # TRL spreads the router's load-balancing loss over the accumulation steps; the model's own loss does not.
             raise ValueError(
                 "`cgd_fused_lm_head=False` does not support mixture-of-experts models with a router auxiliary loss: "
@@ -184,15 +189,16 @@ class CGDTrainer(SFTTrainer):
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(mask.sum()).sum()
         entropy_sum, num_correct = gather(entropy_sum).sum(), gather(num_correct).sum()
-        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
-        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        trl_boundary.log_metric(self, mode, "entropy", (entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        accuracy = (num_correct / num_valid).item() if num_valid > 0 else 0.0
+        trl_boundary.log_metric(self, mode, "mean_token_accuracy", accuracy)
+        seen = None
         if mode == "train":
             if "attention_mask" in inputs:
                 seen = gather(inputs["attention_mask"].sum()).sum().item()
             else:  # padding-free rows: every position is a token
                 seen = gather(torch.tensor(inputs["position_ids"].size(1), device=loss.device)).sum().item()
-            self._total_train_tokens += seen // self._tp_size
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        trl_boundary.add_train_tokens(self, mode, seen)
         return (loss, outputs) if return_outputs else loss
 
     def _is_cgd(self, dataset: Dataset | IterableDataset) -> bool:
@@ -229,12 +235,13 @@ class CGDTrainer(SFTTrainer):
         formatting_func: Callable[[dict], str] | None,
         dataset_name: str,
     ) -> Dataset | IterableDataset:
-        for stand_in, raw in self._cgd_pending:
-            if dataset is stand_in:
-                dataset = raw
+        # TRL's dataset-preparation hook (private; its use is described in `trl_boundary.prepare_dataset`).
+        dataset = trl_boundary.swap_back(self._cgd_pending, dataset)
         if self._is_cgd(dataset):
             dataset = self._convert(dataset, processing_class, args, dataset_name)
-        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        return trl_boundary.prepare_dataset(
+            super(), dataset, processing_class, args, packing, formatting_func, dataset_name
+        )
 
     def _convert(
         self,
@@ -262,7 +269,7 @@ class CGDTrainer(SFTTrainer):
             "layout": layout,
             "processing_class": processing_class,
             "dataset_name": dataset_name,
-            "chat_template": getattr(self, "chat_template", None),
+            "chat_template": trl_boundary.training_chat_template(self),
             "pretokenize": pretokenize,
         }
         remove = self._columns_to_remove(dataset, with_prompt=pretokenize)
@@ -337,8 +344,6 @@ def prepare_records(
     Raises:
         `ValueError`: for a `chat_template_path` naming a tokenizer (TRL clones it into the model, with new tokens).
     """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
     tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
     if args.eos_token is not None:
         if args.eos_token not in tokenizer.get_vocab():
@@ -353,19 +358,21 @@ def prepare_records(
         with open(args.chat_template_path, encoding="utf-8") as handle:
             processing_class.chat_template = handle.read()
     # A trainer without `SFTTrainer.__init__`: only what preparation reads, set as `__init__` sets it.
-    trainer = CGDTrainer.__new__(CGDTrainer)
-    trainer.args = args
-    trainer._tokenizer = tokenizer
-    trainer._signature_columns = None
-    trainer.cgd_collator = CritiqueCollator.from_config(args)
+    cgd_collator = CritiqueCollator.from_config(args)
+    swap = args.assistant_only_loss and not has_generation_markers(processing_class.chat_template)
+    trainer = trl_boundary.bare_trainer(
+        CGDTrainer,
+        args,
+        tokenizer,
+        chat_template=get_training_chat_template(processing_class) if swap else None,
+        # CGD records become prompt-completion rows, for which TRL turns completion-only loss on unless told otherwise.
+        completion_only_loss=True if args.completion_only_loss is None else args.completion_only_loss,
+    )
+    trainer.cgd_collator = cgd_collator
     trainer.cgd_stats = {}
     trainer._cgd_pending = []
-    swap = args.assistant_only_loss and not has_generation_markers(processing_class.chat_template)
-    trainer.chat_template = get_training_chat_template(processing_class) if swap else None
-    # CGD records become prompt-completion rows, for which TRL turns completion-only loss on unless told otherwise.
-    trainer.completion_only_loss = True if args.completion_only_loss is None else args.completion_only_loss
     try:
-        prepared = trainer._prepare_dataset(dataset, processing_class, args, False, None, dataset_name)
+        prepared = trl_boundary.prepare_dataset(trainer, dataset, processing_class, args, False, None, dataset_name)
     except ValueError:
         counts = trainer.cgd_stats.get(dataset_name, {})
         if not counts or counts[DROPPED] != len(dataset):
