@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from cgd_trainer import cli
+from cgd_trainer import cli, runs
+from cgd_trainer.commands import train as train_command
 from cgd_trainer.commands.parser import UsageError
 from cgd_trainer.demo import run as demo
 from cgd_trainer.demo.problems import (
@@ -283,8 +284,10 @@ def test_demo_rerun_keeps_finished_runs_and_retrains_changed_ones(tmp_path, caps
     assert cli.main(argv) == 0
     weights = next(run_dir.glob("*.safetensors"))
     trained = weights.stat().st_mtime_ns
-    finished = json.loads((run_dir / demo.FINISHED).read_text())
-    assert finished["fingerprint"]["training_flags"][:2] == ["--max_steps", "4"]
+    # One record of the run, the one `cgd train` keeps: its arguments (with the data's sha256) and that it finished.
+    finished = runs.saved_run(run_dir)
+    assert finished["finished"] and finished["arguments"]["max_steps"] == 4 and finished["seconds"] > 0
+    assert len(finished["arguments"]["dataset_sha256"]) == 64 and not (run_dir / "demo_run.json").exists()
     capsys.readouterr()
 
     assert cli.main(argv) == 0
@@ -293,16 +296,23 @@ def test_demo_rerun_keeps_finished_runs_and_retrains_changed_ones(tmp_path, caps
     # The report counts what each column scored, out of the benchmark files `cgd demo` wrote.
     assert "2 asked alone (the first 2 of 160)" in (out / "comparison.md").read_text()
 
-    # Another training setting, or an unfinished run (no marker: it crashed), is not reused.
+    # Another training setting, other data, or an unfinished run (it crashed) is not reused.
     data = out / "data" / "sets" / "distilled_sft.jsonl"
-    fingerprint = demo.run_fingerprint("distilled_sft", 3, data, finished["fingerprint"]["training_flags"])
-    assert demo.finished_seconds(run_dir, fingerprint) == finished["seconds"]
-    changed = demo.run_fingerprint("distilled_sft", 3, data, ["--max_steps", "5"])
-    assert demo.finished_seconds(run_dir, changed) is None
-    assert demo.finished_seconds(run_dir, demo.run_fingerprint("distilled_sft", 4, data, [])) is None
+
+    def arguments(*flags: str) -> dict:
+        recipe = str(demo.toy_recipe_path())
+        common = ["--config", recipe, "--dataset_name", str(data), "--output_dir", str(run_dir), "--seed", "3"]
+        script_args, training_args, model_args, *_ = train_command.parse([*common, *flags], prog="cgd demo")
+        return runs.run_arguments(script_args, training_args, model_args)
+
+    same = arguments("--max_steps", "4", "--logging_steps", "4")
+    assert runs.finished_run(run_dir, same)["seconds"] == finished["seconds"]
+    assert runs.finished_run(run_dir, arguments("--max_steps", "5", "--logging_steps", "4")) is None
+    assert runs.finished_run(run_dir, {**same, "seed": 4}) is None
+    assert runs.finished_run(run_dir, {**same, "dataset_sha256": "0" * 64}) is None
 
     assert cli.main([*argv, "--retrain", "true"]) == 0
     assert "reusing" not in capsys.readouterr().out
     assert weights.stat().st_mtime_ns > trained
-    (run_dir / demo.FINISHED).unlink()
-    assert demo.finished_seconds(run_dir, fingerprint) is None
+    runs.write_run_file(run_dir, same, finished=False)
+    assert runs.finished_run(run_dir, same) is None

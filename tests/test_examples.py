@@ -23,7 +23,7 @@ from cgd_trainer.commands.train import (
     without_launch_flags,
 )
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
-from cgd_trainer.train import summarize
+from cgd_trainer.scripts.train import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 # The recipes and accelerate configs ship inside the package; examples/recipes/* and examples/accelerate_configs link

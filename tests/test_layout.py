@@ -27,11 +27,13 @@ LAYERS = [
     ("config", "collator"),
     ("trainer",),
     ("__init__",),  # the package root: lazy public names
-    ("pipeline", "conditions", "evaluation", "train"),  # the stages
+    ("pipeline", "conditions", "evaluation", "runs"),  # the stages, and a training run's output folder
+    # What launchers run (`accelerate launch -m cgd_trainer.scripts.train`): the training run itself, as TRL's
+    # `trl/scripts/sft.py`. Its `if __name__ == "__main__":` block reaches up to `cli` for the command's errors.
+    ("scripts",),
     ("commands",),
     ("demo",),
     ("cli",),
-    ("scripts",),  # what launchers run: `accelerate launch -m cgd_trainer.scripts.train`
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
@@ -51,7 +53,10 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     """The package's modules that a module imports, at module level or inside functions."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # A script's `if __name__ == "__main__":` block is its entry when launched, not part of the module others import.
+    tree.body = [node for node in tree.body if not _is_main_block(node)]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -73,6 +78,17 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             if target and target.startswith("cgd_trainer") and target != name:
                 found.add(target)
     return found
+
+
+def _is_main_block(node: ast.stmt) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 def unit_of(name: str) -> str:

@@ -164,7 +164,7 @@ def _is_terminal(stream) -> bool:
 
 
 def _select(script_args, dataset_args, options: InspectArguments) -> list[dict]:
-    from ..train import load_datasets
+    from ..scripts.train import load_datasets
 
     splits = load_datasets(script_args, dataset_args)
     split = options.split or script_args.dataset_train_split

@@ -104,7 +104,7 @@ def with_default_recipe(argv: list[str]) -> list[str]:
 
 def run(argv: list[str], prog: str | None = None):
     """Parses the command line (and the YAML recipe), trains in this process, and returns the [`CGDTrainer`]."""
-    from ..train import main as train
+    from ..scripts.train import main as train
 
     script_args, training_args, model_args, dataset_args, _ = parse(argv, prog=prog)
     return train(script_args, training_args, model_args, dataset_args)
@@ -185,7 +185,7 @@ def main(argv: list[str], prog: str | None = "cgd train") -> int:
             "Launch settings (accelerate_config, num_processes, ...) are read by `cgd train`; this process was "
             "already launched, so they are not used here."
         )
-    from ..train import main as train
+    from ..scripts.train import main as train
 
     train(*parsed)
     return EXIT_OK

@@ -292,38 +292,6 @@ def resolve_conditions(names: list[str]) -> list[str]:
     return list(CONDITIONS) if "all" in names else [name for name in CONDITIONS if name in names]
 
 
-FINISHED = "demo_run.json"
-
-
-def run_fingerprint(
-    condition: str, seed: int, data: Path, training_flags: list[str], student: str = UNTRAINED
-) -> dict[str, Any]:
-    """What a trained run depends on: its condition, seed, training set (by content), recipe and training flags."""
-    import hashlib
-
-    from .. import __version__
-
-    return {
-        "condition": condition,
-        "seed": seed,
-        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-        "recipe_sha256": hashlib.sha256(toy_recipe_path(student).read_bytes()).hexdigest(),
-        "training_flags": list(training_flags),
-        "cgd_trainer": __version__,
-    }
-
-
-def finished_seconds(run_dir: Path, fingerprint: dict[str, Any]) -> float | None:
-    """The training seconds of a run a previous `cgd demo` finished with the same fingerprint, else `None`."""
-    try:
-        finished = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if finished.get("fingerprint") != fingerprint or not (run_dir / "config.json").exists():
-        return None
-    return finished.get("seconds")
-
-
 def run_label(condition: str, seed: int) -> str:
     """The label of one trained model in the evaluation."""
     return f"{condition} (seed {seed})"
@@ -604,8 +572,7 @@ def run(argv: list[str]) -> dict[str, dict[str, Any]]:
     Raises:
         [`DemoStepFailed`]: when one of the commands it runs ends with a non-zero exit status (it has said why).
     """
-    import time
-
+    from .. import runs
     from ..commands import train
 
     args, training_flags, training_args = parse(argv)
@@ -618,37 +585,26 @@ def run(argv: list[str]) -> dict[str, dict[str, Any]]:
     for seed in args.seeds:
         for condition in conditions:
             label, run_dir = run_label(condition, seed), out / condition / f"seed-{seed}"
-            data = sets / f"{condition}.jsonl"
-            fingerprint = run_fingerprint(condition, seed, data, training_flags, args.student)
-            # A rerun (after a crash, or to add conditions or seeds) keeps what already finished with these settings.
-            reused = None if args.retrain else finished_seconds(run_dir, fingerprint)
-            if reused is not None:
+            run_argv = [
+                "--config",
+                str(toy_recipe_path(args.student)),
+                "--dataset_name",
+                str(sets / f"{condition}.jsonl"),
+            ]
+            run_argv += ["--output_dir", str(run_dir), "--seed", str(seed), *training_flags]
+            # A rerun (after a crash, or to add conditions or seeds) keeps what already finished with these arguments:
+            # the run's own record (`cgd_run.json`, the one `cgd train` keeps), which also holds the data's sha256.
+            script_args, run_args, model_args, *_ = train.parse(run_argv, prog="cgd demo")
+            arguments = runs.run_arguments(script_args, run_args, model_args)
+            finished = None if args.retrain else runs.finished_run(run_dir, arguments)
+            if finished is not None:
                 print(f"cgd demo: reusing {run_dir}, trained with the same settings (--retrain true trains it again).")
-                seconds[label] = reused
+                seconds[label] = finished.get("seconds")
                 continue
-            (run_dir / FINISHED).unlink(missing_ok=True)
-            started = time.time()
-            status = train.main(
-                [
-                    "--config",
-                    str(toy_recipe_path(args.student)),
-                    "--dataset_name",
-                    str(data),
-                    "--output_dir",
-                    str(run_dir),
-                    "--seed",
-                    str(seed),
-                    "--overwrite_output_dir",
-                    "true",
-                    *training_flags,
-                ],
-                prog="cgd demo",
-            )
+            status = train.main([*run_argv, "--overwrite_output_dir", "true"], prog="cgd demo")
             if status != 0:
                 raise DemoStepFailed(status)
-            seconds[label] = round(time.time() - started, 1)
-            finished = {"fingerprint": fingerprint, "seconds": seconds[label]}
-            (run_dir / FINISHED).write_text(json.dumps(finished, indent=2) + "\n", encoding="utf-8")
+            seconds[label] = runs.saved_run(run_dir).get("seconds")
     return evaluate_and_report(args, benchmarks, seconds)
 
 
