@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 
 from . import EXIT_OK
 from .parser import (
+    ConfigParser,
     UsageError,
     check_config_keys,
     load_yaml_config,
@@ -80,12 +81,13 @@ def make_parser(prog: str | None = "cgd train", extra_types: tuple = ()):
     The parser of `cgd train` and `examples/train.py`: TRL's script, model and dataset-mixture arguments with
     [`CGDConfig`], and the [`LaunchArguments`] (then `extra_types`, for commands that read training recipes).
     """
-    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
 
     from ..config import CGDConfig
 
+    # The one YAML-plus-flags parser of every `cgd` command, which reads a recipe as TRL's `TrlParser` does.
     types = (ScriptArguments, CGDConfig, ModelConfig, DatasetMixtureConfig, LaunchArguments, *extra_types)
-    return TrlParser(types, prog=prog)
+    return ConfigParser(types, prog=prog)
 
 
 def default_recipe() -> str:
