@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgd_trainer"
 LAYERS = [
     ("templates", "errors"),
     ("records",),
+    ("record_format",),  # the CGD record: columns, settings, the one context renderer
     ("sources", "grading", "pretrained"),
     ("backends",),
     ("trl_boundary",),  # the one module that touches TRL's internals (tests/test_trl_boundary.py)

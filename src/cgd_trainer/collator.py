@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from transformers.data.data_collator import DataCollatorMixin
 
-from .records import record_error, validate_record
-from .templates import (
-    CHAT_LAYOUTS,
-    DEFAULT_CRITIQUE_TEMPLATE,
-    DEFAULT_INSTRUCTION,
-    DEFAULT_TEMPLATE,
-    LAYOUTS,
-    PLACEHOLDERS,
-    PLAIN_ANSWER_HEADER,
-    TRUNCATION_POLICIES,
-    check_template,
-    fill,
+from .record_format import (
+    ROLES,
+    TRUNCATION_MARKER,
+    RecordFormat,
+    RecordParts,
+    RecordSettings,
+    check_layout,
+    check_templates,
+    record_format,
+    setting_values,
 )
+from .records import validate_record
+from .templates import CHAT_LAYOUTS, TRUNCATION_POLICIES
 from .trl_boundary import DataCollatorForLanguageModeling, common_prefix_length
 from .trl_boundary import tokenize as _tokenize
 
@@ -55,8 +55,10 @@ class CritiqueCollator(DataCollatorMixin):
     r"""
     Turns CGD records `(question, initial answer, critique, refined answer)` into the student's context and target.
 
-    This class is the single place that knows the layouts: [`CGDTrainer`] uses [`~CritiqueCollator.fit`] to convert
-    records into TRL's conversational prompt-completion format before TRL tokenizes, truncates and packs them.
+    The context is rendered by [`~record_format.RecordFormat`] (the one renderer, shared with `cgd build` and
+    `cgd diagnose`); this class fits records into `max_length` and tokenizes them. [`CGDTrainer`] uses
+    [`~CritiqueCollator.fit`] to convert records into TRL's conversational prompt-completion format before TRL
+    tokenizes, truncates and packs them.
     Called as a `data_collator`, it also tokenizes raw CGD rows on the fly and returns `input_ids`, `attention_mask`
     and `labels`, where `labels` is -100 everywhere but on the refined answer and the end-of-turn token that follows
     it. Rows that are already tokenized (`input_ids`, optional `labels`) are padded as they are.
@@ -96,18 +98,19 @@ class CritiqueCollator(DataCollatorMixin):
             Pad each batch to a multiple of this value.
     """
 
+    # The record's settings take their defaults from their one declaration, `RecordSettings`.
     processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None
-    layout: str = "auto"
-    instruction: str | None = None
-    template: str | None = None
-    critique_template: str | None = None
-    prompt_field: str = "prompt"
-    initial_response_field: str = "initial_response"
-    critique_field: str = "critique"
-    refined_response_field: str = "refined_response"
+    layout: str = RecordSettings.cgd_layout
+    instruction: str | None = RecordSettings.cgd_instruction
+    template: str | None = RecordSettings.cgd_template
+    critique_template: str | None = RecordSettings.cgd_critique_template
+    prompt_field: str = RecordSettings.prompt_field
+    initial_response_field: str = RecordSettings.initial_response_field
+    critique_field: str = RecordSettings.critique_field
+    refined_response_field: str = RecordSettings.refined_response_field
     max_length: int | None = None
     truncation: str = "context"
-    truncation_marker: str = " [...]"
+    truncation_marker: str = TRUNCATION_MARKER
     chat_template: str | None = None
     pad_token_id: int | None = None
     padding_free: bool = False
@@ -116,12 +119,10 @@ class CritiqueCollator(DataCollatorMixin):
     _resolved_layout: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        if self.layout not in ("auto", *LAYOUTS):
-            raise ValueError(f"`layout` must be one of {['auto', *LAYOUTS]}, got {self.layout!r}.")
+        check_layout(self.layout, "layout")
         if self.truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"`truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.truncation!r}.")
-        check_template(self.template, "template", ("question", "initial_response", "critique"), PLACEHOLDERS)
-        check_template(self.critique_template, "critique_template", ("critique",), ("critique", "instruction"))
+        check_templates(self.template, self.critique_template)
 
     @classmethod
     def from_config(
@@ -138,22 +139,31 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             [`CritiqueCollator`]: The collator.
         """
+        record = setting_values(args)  # the declared defaults for what a plain SFTConfig lacks
         settings = {
-            "layout": getattr(args, "cgd_layout", "auto"),
-            "instruction": getattr(args, "cgd_instruction", None),
-            "template": getattr(args, "cgd_template", None),
-            "critique_template": getattr(args, "cgd_critique_template", None),
-            "prompt_field": getattr(args, "prompt_field", "prompt"),
-            "initial_response_field": getattr(args, "initial_response_field", "initial_response"),
-            "critique_field": getattr(args, "critique_field", "critique"),
-            "refined_response_field": getattr(args, "refined_response_field", "refined_response"),
+            "layout": record["cgd_layout"],
+            "instruction": record["cgd_instruction"],
+            "template": record["cgd_template"],
+            "critique_template": record["cgd_critique_template"],
+            **{f"{role}_field": record[f"{role}_field"] for role in ROLES},
             "max_length": getattr(args, "max_length", None),
-            "truncation": getattr(args, "cgd_truncation", "context"),
-            "truncation_marker": getattr(args, "cgd_truncation_marker", " [...]"),
+            "truncation": getattr(args, "cgd_truncation", cls.truncation),
+            "truncation_marker": getattr(args, "cgd_truncation_marker", cls.truncation_marker),
             "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
         }
         settings.update(kwargs)
         return cls(processing_class=processing_class, **settings)
+
+    @property
+    def record_format(self) -> RecordFormat:
+        """The record format this collator renders with: its columns and wording, the library's where unset."""
+        return record_format(
+            None,
+            columns=self.fields,
+            instruction=self.instruction,
+            template=self.template or None,
+            critique_template=self.critique_template or None,
+        )
 
     @property
     def fields(self) -> dict[str, str]:
@@ -231,7 +241,7 @@ class CritiqueCollator(DataCollatorMixin):
             `dict`: `{"prompt", "completion"}`, as chat messages for the chat layouts and as strings for `plain`.
         """
         validate_record(example, index, dataset_name, self.fields)
-        parts = self._parts(example)
+        parts = self.record_format.parts(example)
         return self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
 
     def fit(
@@ -283,16 +293,16 @@ class CritiqueCollator(DataCollatorMixin):
 
         tokenizer = _tokenizer_of(processing_class)
         refined = example[self.refined_response_field]
-        parts = self._parts(example)
+        parts = self.record_format.parts(example)
         # The first cut of a field also adds the marker: cutting its tokens too saves a second round of tokenization.
         marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
         for key in SHORTEN_ORDER:
-            ids = tokenizer(parts[key], add_special_tokens=False)["input_ids"]
+            ids = tokenizer(getattr(parts, key), add_special_tokens=False)["input_ids"]
             kept, extra = len(ids), marker
             while len(full_ids) > self.max_length and kept > 0:
                 kept = max(0, kept - (len(full_ids) - self.max_length) - extra)
                 extra = 0
-                parts[key] = tokenizer.decode(ids[:kept]) + self.truncation_marker
+                parts = replace(parts, **{key: tokenizer.decode(ids[:kept]) + self.truncation_marker})
                 formatted = self._render(parts, refined, layout, index, dataset_name)
                 full_ids = self._full_ids(formatted, processing_class, template_kwargs)
             if len(full_ids) <= self.max_length:
@@ -436,53 +446,9 @@ class CritiqueCollator(DataCollatorMixin):
         kwargs.update(example.get("chat_template_kwargs") or {})
         return kwargs
 
-    def _parts(self, example: Mapping[str, Any]) -> dict[str, Any]:
-        prompt = example[self.prompt_field]
-        question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        history = (
-            [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]] if isinstance(prompt, list) else []
-        )
-        return {
-            "history": history,
-            "question": question,
-            "initial_response": example[self.initial_response_field],
-            "critique": example[self.critique_field],
-        }
-
-    def _render(self, parts: Mapping[str, Any], refined: str, layout: str, index: int | None, dataset_name: str):
-        instruction = self.instruction if self.instruction is not None else DEFAULT_INSTRUCTION
-        history = list(parts["history"])
-        if layout == "multi_turn":
-            follow_up = fill(
-                self.critique_template or DEFAULT_CRITIQUE_TEMPLATE,
-                critique=parts["critique"],
-                instruction=instruction,
-            )
-            prompt = history + [
-                {"role": "user", "content": parts["question"]},
-                {"role": "assistant", "content": parts["initial_response"]},
-                {"role": "user", "content": follow_up},
-            ]
-            return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}
-        context = fill(
-            self.template or DEFAULT_TEMPLATE,
-            instruction=instruction,
-            question=parts["question"],
-            initial_response=parts["initial_response"],
-            critique=parts["critique"],
-        )
-        if layout == "single_turn":
-            prompt = history + [{"role": "user", "content": context}]
-            return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}
-        if layout != "plain":
-            raise ValueError(f"Unknown CGD layout {layout!r}; expected one of {LAYOUTS}.")
-        if any(message["role"] != "system" for message in history):
-            raise record_error(
-                index,
-                dataset_name,
-                self.prompt_field,
-                "the plain layout accepts only system messages before the question, got a multi-turn conversation",
-                "Use a chat layout (set a chat template) or give the prompt as a string.",
-            )
-        system = "".join(message["content"] + "\n\n" for message in history)
-        return {"prompt": system + context + PLAIN_ANSWER_HEADER, "completion": refined}
+    def _render(self, parts: RecordParts, refined: str, layout: str, index: int | None, dataset_name: str):
+        # The context comes from the shared renderer; the target is the refined answer, as a turn or as text.
+        prompt = self.record_format.render("cgd", parts, layout, index, dataset_name)
+        if isinstance(prompt, str):
+            return {"prompt": prompt, "completion": refined}
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": refined}]}

@@ -6,38 +6,25 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .templates import LAYOUTS, PLACEHOLDERS, TRUNCATION_POLICIES, check_template
+from .record_format import TRUNCATION_MARKER, RecordSettings
+from .templates import TRUNCATION_POLICIES
 
 
 @dataclass
-class CGDConfig(SFTConfig):
+class CGDConfig(SFTConfig, RecordSettings):
     r"""
     Configuration for [`CGDTrainer`]. It is an [`~trl.SFTConfig`] with the fields below added; every SFT option keeps
     its meaning. A plain `SFTConfig` also works with `CGDTrainer`: the defaults below then apply.
 
     Args:
-        prompt_field (`str`, *optional*, defaults to `"prompt"`):
-            Column holding the question: a string, or a list of chat messages (e.g. a system turn and the user turn).
-        initial_response_field (`str`, *optional*, defaults to `"initial_response"`):
-            Column holding the student's initial answer `y'`.
-        critique_field (`str`, *optional*, defaults to `"critique"`):
-            Column holding the teacher's critique `c`.
-        refined_response_field (`str`, *optional*, defaults to `"refined_response"`):
-            Column holding the teacher's refined answer `ŷ`, the only trained tokens.
-        cgd_layout (`str`, *optional*, defaults to `"auto"`):
-            How a record is laid out for the student: `"single_turn"` (one user turn with the instruction and the
-            labelled question / initial answer / critique sections, as in the paper), `"multi_turn"` (the question,
-            the initial answer as an assistant turn, then the critique and the instruction as a second user turn) or
-            `"plain"` (plain text, for base models without a chat template). `"auto"` picks `"single_turn"` when the
-            tokenizer has a chat template (or `chat_template_path` is set) and `"plain"` otherwise.
-        cgd_instruction (`str`, *optional*):
-            Instruction that asks the student for a refined answer. Defaults to the library's wording.
-        cgd_template (`str`, *optional*):
-            Text of the context for the `single_turn` and `plain` layouts, with the placeholders `{instruction}`,
-            `{question}`, `{initial_response}` and `{critique}`. Defaults to the library's template.
-        cgd_critique_template (`str`, *optional*):
-            Text of the second user turn in the `multi_turn` layout, with the placeholders `{critique}` and
-            `{instruction}`. Defaults to the library's template.
+        prompt_field, initial_response_field, critique_field, refined_response_field (`str`):
+            Columns holding the question (a string or chat messages), the student's initial answer `y'`, the
+            teacher's critique `c` and the teacher's refined answer `ŷ` (the only trained tokens); by default
+            `prompt`, `initial_response`, `critique` and `refined_response`.
+        cgd_layout, cgd_instruction, cgd_template, cgd_critique_template:
+            The layout (`auto`, `single_turn`, `multi_turn` or `plain`) and the wording of the student's context.
+            These eight settings are declared once, in [`~record_format.RecordSettings`] (which describes each), and
+            `cgd build` and `cgd diagnose` take them under the same names.
         cgd_truncation (`str`, *optional*, defaults to `"context"`):
             What to do with a record longer than `max_length`. `"context"` shortens the initial answer, then the
             critique, then the question, token-aware, and never the refined answer; records whose refined answer
@@ -59,40 +46,12 @@ class CGDConfig(SFTConfig):
             launch stops with a message; an unfinished run with the same arguments is resumed.
     """
 
-    prompt_field: str = field(default="prompt", metadata={"help": "Column holding the question."})
-    initial_response_field: str = field(
-        default="initial_response", metadata={"help": "Column holding the student's initial answer."}
-    )
-    critique_field: str = field(default="critique", metadata={"help": "Column holding the teacher's critique."})
-    refined_response_field: str = field(
-        default="refined_response", metadata={"help": "Column holding the teacher's refined answer (trained)."}
-    )
-    cgd_layout: str = field(
-        default="auto",
-        metadata={"help": "Layout of a CGD record for the student.", "choices": ["auto", *LAYOUTS]},
-    )
-    cgd_instruction: str | None = field(
-        default=None, metadata={"help": "Instruction asking for a refined answer (default: the library's wording)."}
-    )
-    cgd_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Context text for the single_turn and plain layouts, with {instruction}, {question}, "
-            "{initial_response} and {critique} placeholders."
-        },
-    )
-    cgd_critique_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Second user turn of the multi_turn layout, with {critique} and {instruction} placeholders."
-        },
-    )
     cgd_truncation: str = field(
         default="context",
         metadata={"help": "Policy for records longer than max_length.", "choices": list(TRUNCATION_POLICIES)},
     )
     cgd_truncation_marker: str = field(
-        default=" [...]", metadata={"help": "Text appended to a shortened context field."}
+        default=TRUNCATION_MARKER, metadata={"help": "Text appended to a shortened context field."}
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -119,20 +78,14 @@ class CGDConfig(SFTConfig):
         ):
             if getattr(self, new, False) is None and getattr(self, old) is not None:
                 setattr(self, new, getattr(self, old))
-        super().__post_init__()
-        if self.cgd_layout not in ("auto", *LAYOUTS):
-            raise ValueError(f"`cgd_layout` must be one of {['auto', *LAYOUTS]}, got {self.cgd_layout!r}.")
+        super().__post_init__()  # TRL's checks (TrainingArguments ends the chain)
+        RecordSettings.__post_init__(self)
         if self.cgd_truncation not in TRUNCATION_POLICIES:
             raise ValueError(
                 f"`cgd_truncation` must be one of {list(TRUNCATION_POLICIES)}, got {self.cgd_truncation!r}."
             )
-        check_template(self.cgd_template, "cgd_template", ("question", "initial_response", "critique"), PLACEHOLDERS)
-        check_template(self.cgd_critique_template, "cgd_critique_template", ("critique",), ("critique", "instruction"))
         if not self.cgd_fused_lm_head and self.loss_type not in ("nll", "chunked_nll"):
             raise ValueError(
                 f"`cgd_fused_lm_head=False` computes the model's own cross-entropy, so it supports `loss_type='nll'` "
                 f"only, got {self.loss_type!r}: keep the default `cgd_fused_lm_head=True`."
             )
-        fields = [self.prompt_field, self.initial_response_field, self.critique_field, self.refined_response_field]
-        if len(set(fields)) != len(fields):
-            raise ValueError(f"The four CGD column names must differ, got {fields}.")

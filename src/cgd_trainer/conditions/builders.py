@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..templates import CFT_TEMPLATE, DEFAULT_INSTRUCTION, DEFAULT_TEMPLATE, NO_CRITIQUE_TEMPLATE, fill
+from ..record_format import RecordFormat, RecordParts, record_format
 from .sampling import derangement, largest_ratio_size, parse_ratio, ratio_counts, ratio_name, sample_ratio_subsets
 
 logger = logging.getLogger(__name__)
@@ -25,15 +25,17 @@ FAMILIES = ("cgd", "chat")
 class ConditionSettings(Protocol):
     """
     The settings the builders read. [`BuildConfig`] provides them; it is declared in `config.py`, which imports this
-    module for the list of conditions, so the builders name the settings they use instead of importing it.
+    module for the list of conditions, so the builders name the settings they use instead of importing it. The
+    contexts are rendered by [`~record_format.record_format`], from the record settings
+    ([`~record_format.AblationSettings`]) that `BuildConfig` inherits.
     """
 
     input_format: str
     reference_field: str
     seed: int
     generic_critique: str
-    no_critique_instruction: str
     cft_instruction: str
+    cgd_layout: str
     ratios: list[str]
     ratio_size: int | None
 
@@ -45,7 +47,8 @@ class ConditionSet:
     name: str
     family: str  # "cgd" (CGD columns) or "chat" (prompt-completion)
     rows: list[dict] = field(default_factory=list)
-    contexts: list[str] = field(default_factory=list)
+    prompts: list[list[dict]] = field(default_factory=list)  # each row's context, as chat messages
+    contexts: list[str] = field(default_factory=list)  # the same as text, for the statistics
     targets: list[str] = field(default_factory=list)
     verdicts: list[str | None] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
@@ -53,15 +56,30 @@ class ConditionSet:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def cgd_context(record: Mapping[str, Any]) -> str:
-    """The student's user turn for a CGD record, as `CGDTrainer` lays it out by default (`single_turn`)."""
-    return fill(
-        DEFAULT_TEMPLATE,
-        instruction=DEFAULT_INSTRUCTION,
-        question=record["prompt"],
-        initial_response=record["initial_response"],
-        critique=record["critique"],
-    )
+def cgd_context(record: Mapping[str, Any], fmt: RecordFormat | None = None) -> str:
+    """
+    The student's user turn for a CGD record (`single_turn`), as `CGDTrainer` renders it.
+
+    Args:
+        record (`Mapping`): A record with the library's keys (`prompt`, `initial_response`, `critique`).
+        fmt ([`~record_format.RecordFormat`], *optional*): The wording; the library's by default.
+    """
+    return (fmt or RecordFormat()).text("cgd", _parts(record))
+
+
+def _parts(record: Mapping[str, Any]) -> RecordParts:
+    return RecordParts.of(record["prompt"], record["initial_response"], record["critique"])
+
+
+# `render(kind, record)`: a condition's context as chat messages, rendered as training and `cgd diagnose` render it.
+Render = Callable[[str, Mapping[str, Any]], list[dict]]
+
+
+def _renderer(config: ConditionSettings) -> Render:
+    fmt = record_format(config)
+    # The rows are chat rows: `multi_turn` is laid out in turns, every other layout (`auto` included) as one turn.
+    layout = "multi_turn" if config.cgd_layout == "multi_turn" else "single_turn"
+    return lambda kind, record: fmt.render(kind, _parts(record), layout)
 
 
 def _cgd_row(record: Mapping[str, Any], with_reference: bool, **overrides: Any) -> dict:
@@ -72,34 +90,26 @@ def _cgd_row(record: Mapping[str, Any], with_reference: bool, **overrides: Any) 
     return row
 
 
-def _chat_row(record_id: str, user: str, target: str) -> dict:
-    return {
-        "id": record_id,
-        "prompt": [{"role": "user", "content": user}],
-        "completion": [{"role": "assistant", "content": target}],
-    }
-
-
-def _add_cgd(out: ConditionSet, record: Mapping[str, Any], with_reference: bool, **overrides: Any) -> None:
-    row = _cgd_row(record, with_reference, **overrides)
+def _add(out: ConditionSet, row: dict, prompt: list[dict], target: str, verdict: str | None) -> None:
     out.rows.append(row)
-    out.contexts.append(cgd_context(row))
-    out.targets.append(row["refined_response"])
-    out.verdicts.append(record["verdict"])
-
-
-def _draft_turn(template: str, instruction: str, record: Mapping[str, Any]) -> str:
-    """The user turn of a condition that shows the question and the draft (no critique)."""
-    return fill(
-        template, instruction=instruction, question=record["prompt"], initial_response=record["initial_response"]
-    )
-
-
-def _add_chat(out: ConditionSet, record: Mapping[str, Any], user: str, target: str) -> None:
-    out.rows.append(_chat_row(record["id"], user, target))
-    out.contexts.append(user)
+    out.prompts.append(prompt)
+    out.contexts.append("\n\n".join(message["content"] for message in prompt))
     out.targets.append(target)
-    out.verdicts.append(record["verdict"])
+    out.verdicts.append(verdict)
+
+
+def _add_cgd(
+    out: ConditionSet, record: Mapping[str, Any], render: Render, with_reference: bool, **overrides: Any
+) -> None:
+    row = _cgd_row(record, with_reference, **overrides)
+    _add(out, row, render("cgd", row), row["refined_response"], record["verdict"])
+
+
+def _add_chat(out: ConditionSet, record: Mapping[str, Any], render: Render, kind: str, target: str) -> None:
+    """A prompt-completion row: the context of `kind` for the record, and the target."""
+    prompt = render(kind, record)
+    row = {"id": record["id"], "prompt": prompt, "completion": [{"role": "assistant", "content": target}]}
+    _add(out, row, prompt, target, record["verdict"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -202,27 +212,30 @@ def register_condition(
     "cgd", "cgd", context="question, student's initial answer, teacher's critique", target="teacher's refined answer"
 )
 def _build_cgd(out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]) -> None:
+    render = _renderer(config)
     for record in records:
-        _add_cgd(out, record, info["has_reference"])
+        _add_cgd(out, record, render, info["has_reference"])
 
 
 @register_condition(
     "sft", "chat", context="question", target="reference answer of the source dataset", needs=("references",)
 )
 def _build_sft(out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]) -> None:
+    render = _renderer(config)
     for record in records:
         if record["reference_answer"] is None:
             out.dropped["no_reference"] = out.dropped.get("no_reference", 0) + 1
             continue
-        _add_chat(out, record, record["prompt"], record["reference_answer"])
+        _add_chat(out, record, render, "question_alone", record["reference_answer"])
 
 
 @register_condition("distilled_sft", "chat", context="question", target="teacher's refined answer")
 def _build_distilled_sft(
     out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
 ) -> None:
+    render = _renderer(config)
     for record in records:
-        _add_chat(out, record, record["prompt"], record["refined_response"])
+        _add_chat(out, record, render, "question_alone", record["refined_response"])
 
 
 @register_condition(
@@ -233,11 +246,12 @@ def _build_distilled_sft(
     needs=(),
 )
 def _build_cft(out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]) -> None:
+    render = _renderer(config)
     for record in records:
         if not record["critique"].strip():
             out.dropped["empty_critique"] = out.dropped.get("empty_critique", 0) + 1
             continue
-        _add_chat(out, record, _draft_turn(CFT_TEMPLATE, config.cft_instruction, record), record["critique"])
+        _add_chat(out, record, render, "cft", record["critique"])
 
 
 @register_condition(
@@ -246,9 +260,9 @@ def _build_cft(out: ConditionSet, records: Sequence[dict], config: ConditionSett
 def _build_no_critique(
     out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
 ) -> None:
+    render = _renderer(config)
     for record in records:
-        user = _draft_turn(NO_CRITIQUE_TEMPLATE, config.no_critique_instruction, record)
-        _add_chat(out, record, user, record["refined_response"])
+        _add_chat(out, record, render, "no_critique", record["refined_response"])
 
 
 @register_condition(
@@ -261,6 +275,7 @@ def _build_no_critique(
 def _build_irrelevant_critique(
     out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
 ) -> None:
+    render = _renderer(config)
     critiques = [record["critique"] for record in records]
     # Grouped by text, so that a record never gets a copy of its own critique when another text is available.
     sources = derangement(len(records), config.seed, groups=critiques)
@@ -268,6 +283,7 @@ def _build_irrelevant_critique(
         _add_cgd(
             out,
             record,
+            render,
             info["has_reference"],
             critique=critiques[source],
             critique_source_id=records[source]["id"],
@@ -290,8 +306,9 @@ def _build_irrelevant_critique(
 def _build_generic_critique(
     out: ConditionSet, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
 ) -> None:
+    render = _renderer(config)
     for record in records:
-        _add_cgd(out, record, info["has_reference"], critique=config.generic_critique)
+        _add_cgd(out, record, render, info["has_reference"], critique=config.generic_critique)
 
 
 def make_condition(
@@ -354,12 +371,13 @@ def make_ratio_subsets(
             reason += f"{counts['wrong']} wrong records"
             logger.warning(f"Ratio subsets skipped: {reason}.")
             return [], {**report, "skipped": reason}
+    render = _renderer(config)
     subsets = sample_ratio_subsets(verdicts, ratios, size, config.seed)
     sets = []
     for ratio, indices in subsets.items():
         out = ConditionSet(ratio_name(ratio), "cgd")
         for index in indices:
-            _add_cgd(out, records[index], info["has_reference"])
+            _add_cgd(out, records[index], render, info["has_reference"])
         right, wrong = ratio_counts(size, ratio)
         out.extra = {"ratio": f"{ratio[0]}/{ratio[1]}", "right": right, "wrong": wrong}
         sets.append(out)

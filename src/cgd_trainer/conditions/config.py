@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..templates import CFT_INSTRUCTION, GENERIC_CRITIQUE, NO_CRITIQUE_INSTRUCTION
+from ..record_format import AblationSettings
+from ..templates import CFT_INSTRUCTION, GENERIC_CRITIQUE
 from .builders import CONDITION_BUILDERS
 from .sampling import parse_ratio
 
@@ -19,9 +20,11 @@ DEFAULT_RATIOS = ("100/0", "75/25", "50/50", "25/75", "0/100")
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(AblationSettings):
     r"""
-    Configuration of `cgd build`.
+    Configuration of `cgd build`. The record's columns and the wording of its contexts are the settings of
+    [`~record_format.AblationSettings`], declared once for `cgd build`, `CGDConfig` and `cgd diagnose`: the same
+    flags give the contexts that `cgd build` writes, that training renders and that `cgd diagnose` scores.
 
     Args:
         input (`str`):
@@ -50,6 +53,11 @@ class BuildConfig:
             Critique of the `generic_critique` condition; defaults to the library's content-free wording.
         no_critique_instruction (`str`, *optional*):
             Instruction of the `no_critique` condition; defaults to the library's wording.
+        cgd_layout, cgd_instruction, cgd_template, cgd_critique_template (`str`, *optional*):
+            The CGD context's layout and wording, as in training: they word the Alpaca and `messages` exports and the
+            context statistics of the CGD-family conditions. The rows are chat rows: `multi_turn` lays out the
+            `messages` export and the `no_critique` rows in turns (the draft as the model's own turn), any other
+            value as one user turn.
         cft_instruction (`str`, *optional*):
             Instruction of the `cft` condition; defaults to the library's wording.
         export (`list[str]`, *optional*, defaults to `[]`):
@@ -67,8 +75,8 @@ class BuildConfig:
             Length in words of the n-grams compared for decontamination.
         id_field, prompt_field, initial_response_field, critique_field, refined_response_field, verdict_field,
         reference_field (`str`):
-            Column names of the input records. Without an id column, ids are row numbers; without a verdict column,
-            verdicts are read from the critiques' `Conclusion:` lines.
+            Column names of the input records (the condition files use the library's names). Without an id column,
+            ids are row numbers; without a verdict column, verdicts are read from the critiques' `Conclusion:` lines.
         cft_question_marker (`str`, *optional*, defaults to `"Question:"`):
             Marker that opens the question in the `input` of CFT rows.
         cft_answer_marker (`str`, *optional*, defaults to `"Solution:"`):
@@ -103,9 +111,6 @@ class BuildConfig:
     generic_critique: str = field(
         default=GENERIC_CRITIQUE, metadata={"help": "Critique text of the generic_critique condition."}
     )
-    no_critique_instruction: str = field(
-        default=NO_CRITIQUE_INSTRUCTION, metadata={"help": "Instruction of the no_critique condition."}
-    )
     cft_instruction: str = field(default=CFT_INSTRUCTION, metadata={"help": "Instruction of the cft condition."})
     export: list[str] = field(
         default_factory=list, metadata={"help": f"Extra export formats, among {EXPORT_FORMATS}."}
@@ -122,14 +127,6 @@ class BuildConfig:
     )
     ngram: int = field(default=13, metadata={"help": "Word n-gram length for decontamination."})
     id_field: str = field(default="id", metadata={"help": "Column holding the record id (default: row number)."})
-    prompt_field: str = field(default="prompt", metadata={"help": "Column holding the question."})
-    initial_response_field: str = field(
-        default="initial_response", metadata={"help": "Column holding the student's initial answer."}
-    )
-    critique_field: str = field(default="critique", metadata={"help": "Column holding the teacher's critique."})
-    refined_response_field: str = field(
-        default="refined_response", metadata={"help": "Column holding the teacher's refined answer."}
-    )
     verdict_field: str = field(
         default="verdict", metadata={"help": "Column holding the verdict (right/wrong/null) of the initial answer."}
     )
@@ -146,6 +143,7 @@ class BuildConfig:
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset repository for push_to_hub."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.input:
             raise ValueError("Set `input`: a JSONL/JSON/Parquet file of generated CGD records, or `builtin:demo`.")
         if not self.output_dir:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..record_format import record_columns
 from ..records import parse_verdict
 from ..sources import read_rows, resolve_file
 from ..templates import PLACEHOLDERS, SECTIONS_TEMPLATE
@@ -94,12 +95,7 @@ def records_from_cgd(rows: Sequence[Mapping[str, Any]], path: Path, config: Buil
     Raises:
         `ValueError`: naming the record, the file and the field of the first bad value.
     """
-    fields = {
-        "prompt": config.prompt_field,
-        "initial_response": config.initial_response_field,
-        "critique": config.critique_field,
-        "refined_response": config.refined_response_field,
-    }
+    fields = record_columns(config)
     columns = set(rows[0])
     for role, column in fields.items():
         if column not in columns:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..record_format import record_format
 from ..sources import write_jsonl
 from .builders import make_condition, make_ratio_subsets
 from .config import CONDITIONS, BuildConfig
@@ -80,7 +81,9 @@ def build(config: BuildConfig) -> dict[str, Any]:
         write_jsonl(output_dir / "imported.jsonl", ({key: r[key] for key in columns} for r in records))
         summary["imported"] = {"file": "imported.jsonl", "records": len(records)}
     summary["conditions"] = {out.name: condition_summary(out) for out in sets}
-    summary["exports"] = export_sets(output_dir, written, config.export) if config.export else {}
+    summary["exports"] = (
+        export_sets(output_dir, written, config.export, record_format(config)) if config.export else {}
+    )
     summary["output_dir"] = str(output_dir)
     summary["config"] = asdict(config)
 

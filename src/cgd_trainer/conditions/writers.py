@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..record_format import RecordFormat, RecordParts
 from ..sources import read_rows, write_jsonl
-from ..templates import DEFAULT_INSTRUCTION, SECTIONS_TEMPLATE, fill
 from .builders import CONDITION_BUILDERS, ConditionSet
 from .readers import split_sections
 
@@ -23,21 +23,18 @@ logger = logging.getLogger(__name__)
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
-def alpaca_rows(out: ConditionSet) -> list[dict]:
+def alpaca_rows(out: ConditionSet, fmt: RecordFormat | None = None) -> list[dict]:
     """
-    The condition in LLaMA-Factory's Alpaca format: CGD-family rows get the CGD instruction and the labelled sections
-    as `input`; prompt-completion rows get the user turn as `instruction` and an empty `input`.
+    The condition in LLaMA-Factory's Alpaca format: CGD-family rows get the CGD instruction (`fmt`'s, the library's by
+    default) and the labelled sections as `input`; prompt-completion rows get the user turn as `instruction` and an
+    empty `input`.
     """
     if out.family == "cgd":
+        fmt = fmt or RecordFormat()
         return [
             {
-                "instruction": DEFAULT_INSTRUCTION,
-                "input": fill(
-                    SECTIONS_TEMPLATE,
-                    question=row["prompt"],
-                    initial_response=row["initial_response"],
-                    critique=row["critique"],
-                ),
+                "instruction": fmt.instruction,
+                "input": fmt.sections(RecordParts.of(row["prompt"], row["initial_response"], row["critique"])),
                 "output": row["refined_response"],
             }
             for row in out.rows
@@ -49,16 +46,19 @@ def alpaca_rows(out: ConditionSet) -> list[dict]:
 
 
 def messages_rows(out: ConditionSet) -> list[dict]:
-    """The condition as `{"messages": [user, assistant]}` rows (CGD-family rows laid out as `CGDTrainer` does)."""
+    """The condition as `{"messages": [*context, answer]}` rows, CGD-family contexts as `CGDTrainer` renders them."""
     return [
-        {"messages": [{"role": "user", "content": context}, {"role": "assistant", "content": target}]}
-        for context, target in zip(out.contexts, out.targets)
+        {"messages": [*prompt, {"role": "assistant", "content": target}]}
+        for prompt, target in zip(out.prompts, out.targets)
     ]
 
 
-def export_sets(output_dir: Path, sets: Sequence[ConditionSet], formats: Sequence[str]) -> dict:
+def export_sets(
+    output_dir: Path, sets: Sequence[ConditionSet], formats: Sequence[str], fmt: RecordFormat | None = None
+) -> dict:
     """
-    Writes `alpaca/<name>.json` with `alpaca/dataset_info.json`, and/or `messages/<name>.jsonl`, for each set.
+    Writes `alpaca/<name>.json` with `alpaca/dataset_info.json`, and/or `messages/<name>.jsonl`, for each set (the
+    Alpaca rows of the CGD family with `fmt`'s instruction).
 
     Returns:
         `dict`: the files written per format, and for Alpaca the rows whose sections would not parse back.
@@ -69,7 +69,7 @@ def export_sets(output_dir: Path, sets: Sequence[ConditionSet], formats: Sequenc
         folder.mkdir(parents=True, exist_ok=True)
         dataset_info, ambiguous = {}, {}
         for out in sets:
-            rows = alpaca_rows(out)
+            rows = alpaca_rows(out, fmt)
             with open(folder / f"{out.name}.json", "w", encoding="utf-8") as handle:
                 json.dump(rows, handle, ensure_ascii=False, indent=2)
                 handle.write("\n")

@@ -191,8 +191,8 @@ def make_demo_data(
 
     Args:
         data_dir (`str` or `Path`): Where the generated records and the sets go.
-        training_args (*optional*): The runs' training arguments; their `cgd_*` settings render the benchmarks'
-            questions with the trainer's own collator (the library's defaults when `None`).
+        training_args (*optional*): The runs' training arguments; their record settings (`cgd_*`) render the
+            benchmarks' questions as the trainer renders them (the library's defaults when `None`).
         student (`str`, *optional*): Whose drafts: a name of [`STUDENTS`].
         heldout_questions (`int`, *optional*): Probe only the first held-out questions (all 160 by default).
 
@@ -204,11 +204,11 @@ def make_demo_data(
     Raises:
         `RuntimeError`: when a held-out question's numbers occur in the training data.
     """
-    from ..collator import CritiqueCollator
+    from ..record_format import record_format
     from ..sources import read_jsonl, write_jsonl
     from .problems import TOY_HELDOUT_SIZE, toy_key
 
-    collator = CritiqueCollator.from_config(training_args)
+    fmt = record_format(training_args)
     data_dir = Path(data_dir)
     sets = _generate_and_build("builtin:toy", data_dir, student)
     heldout_sets = _generate_and_build(HELDOUT, data_dir / "heldout", student, heldout_questions or TOY_HELDOUT_SIZE)
@@ -223,7 +223,7 @@ def make_demo_data(
         rows = [
             {
                 "id": record["id"],
-                "question": collator.format(record, "single_turn")["prompt"][0]["content"],
+                "question": fmt.render("cgd", fmt.parts(record), "single_turn")[-1]["content"],
                 "answer": record["reference_answer"],
             }
             for record in heldout
@@ -258,15 +258,15 @@ def refined_answer_nll(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..collator import CritiqueCollator
     from ..evaluation.diagnose import context_ids, score_sequences, target_ids
+    from ..record_format import record_format
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    collator = CritiqueCollator.from_config(training_args)
+    fmt = record_format(training_args)
     contexts = {
-        "cgd_context": [collator.format(record, "single_turn")["prompt"] for record in records],
-        "question_alone": [[{"role": "user", "content": record["prompt"]}] for record in records],
+        name: [fmt.render(kind, fmt.parts(record), "single_turn") for record in records]
+        for name, kind in (("cgd_context", "cgd"), ("question_alone", "question_alone"))
     }
     targets = [target_ids(record["refined_response"], tokenizer) for record in records]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

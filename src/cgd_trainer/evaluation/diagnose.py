@@ -14,10 +14,10 @@ predictable (lower NLL and entropy), so CGD learns a low-uncertainty refinement 
 your model and data.
 
 The refined answer is tokenized once, on its own, and appended to each context's tokens, so the scored tokens are
-identical across the three conditions. The two shorter contexts are built on the same chat template and section layout
-as the CGD context (an instruction, then `### Question` / `### Student's initial answer` sections), with the wording of
-`cgd_trainer.templates`: `question+initial` is exactly the context of the `no_critique` condition of `cgd build`, so
-that what is measured is what that ablation trains on.
+identical across the three conditions. The three contexts come from the one renderer of `cgd_trainer.record_format`,
+in the same layout and with the same settings (columns, wording) that `CGDConfig` and `cgd build` take: the full one is
+exactly what training renders, and `question+initial` exactly the context of `cgd build`'s `no_critique` condition, so
+that what is measured is what those conditions train on.
 
 ```bash
 cgd diagnose --model runs/qwen-cgd --dataset data/cgd.jsonl --max_records 500 --output_dir diagnose/
@@ -36,17 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..record_format import AblationSettings, RecordFormat, check_layout, record_format
 from ..sources import load_source, resolve_model, write_jsonl
-from ..templates import (
-    DEFAULT_INSTRUCTION,
-    NO_CRITIQUE_FOLLOW_UP,
-    NO_CRITIQUE_INSTRUCTION,
-    NO_CRITIQUE_TEMPLATE,
-    PLAIN_ANSWER_HEADER,
-    QUESTION_INSTRUCTION,
-    QUESTION_TEMPLATE,
-    fill,
-)
 from .report import markdown_table
 
 if TYPE_CHECKING:  # the collator imports transformers and TRL: loaded only when a model is scored
@@ -64,9 +55,11 @@ DIRECTION_WORDS = {
 
 
 @dataclass
-class DiagnoseConfig:
+class DiagnoseConfig(AblationSettings):
     """
-    Configuration of `cgd diagnose` (YAML with `--config`, flags override it).
+    Configuration of `cgd diagnose` (YAML with `--config`, flags override it). The record's columns, layout and
+    wording are the settings of [`~record_format.AblationSettings`], declared once for `cgd diagnose`, `CGDConfig` and
+    `cgd build`: give the values training and the build used.
 
     Args:
         model (`str`): Hub id or local folder of the model to probe (a training checkpoint works), or
@@ -74,9 +67,11 @@ class DiagnoseConfig:
         dataset (`str`): CGD records: a JSONL/JSON/Parquet file, a hub dataset, or `builtin:demo`.
         dataset_split (`str`): Split of a hub dataset (local files have `train`).
         prompt_field, initial_response_field, critique_field, refined_response_field (`str`): Record columns.
-        layout (`str`): CGD layout of the full context (`auto`, `single_turn`, `multi_turn`, `plain`), as in training.
+        cgd_layout (`str`): CGD layout of the contexts (`auto`, `single_turn`, `multi_turn`, `plain`), as in training.
+        layout (`str`, *optional*): The name `cgd_layout` had here first, still accepted.
         cgd_instruction, cgd_template, cgd_critique_template (`str`, *optional*): The CGD wording, if training used a
-            custom one (see [`CGDConfig`]); the two shorter contexts keep the library's wording.
+            custom one (see [`CGDConfig`]).
+        no_critique_instruction (`str`, *optional*): The wording of `question+initial`, as `cgd build` was given it.
         max_records (`int`, *optional*): Score only the first records.
         max_length (`int`, *optional*): Records whose longest sequence exceeds it are skipped (and counted).
         batch_size (`int`): Sequences per forward pass.
@@ -89,14 +84,7 @@ class DiagnoseConfig:
     model: str | None = field(default=None, metadata={"help": "Model to probe."})
     dataset: str = field(default="builtin:demo", metadata={"help": "CGD records (file, hub id or builtin:demo)."})
     dataset_split: str = field(default="train", metadata={"help": "Split of the dataset."})
-    prompt_field: str = field(default="prompt", metadata={"help": "Question column."})
-    initial_response_field: str = field(default="initial_response", metadata={"help": "Initial answer column."})
-    critique_field: str = field(default="critique", metadata={"help": "Critique column."})
-    refined_response_field: str = field(default="refined_response", metadata={"help": "Refined answer column."})
-    layout: str = field(default="auto", metadata={"help": "auto, single_turn, multi_turn or plain."})
-    cgd_instruction: str | None = field(default=None, metadata={"help": "Custom CGD instruction used in training."})
-    cgd_template: str | None = field(default=None, metadata={"help": "Custom CGD context template."})
-    cgd_critique_template: str | None = field(default=None, metadata={"help": "Custom multi-turn critique turn."})
+    layout: str | None = field(default=None, metadata={"help": "The older name of --cgd_layout, still accepted."})
     max_records: int | None = field(default=None, metadata={"help": "First records only."})
     max_length: int | None = field(default=None, metadata={"help": "Skip records longer than this (tokens)."})
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
@@ -106,60 +94,52 @@ class DiagnoseConfig:
     output_dir: str = field(default="diagnose_output", metadata={"help": "Output folder."})
 
     def __post_init__(self) -> None:
+        # `layout` is an alias: whichever of the two names is set (to something other than `auto`) decides.
+        if self.layout is not None:
+            check_layout(self.layout, "layout")
+        chosen = {value for value in (self.layout, self.cgd_layout) if value not in (None, "auto")}
+        if len(chosen) > 1:
+            raise ValueError(
+                f"`layout` is another name of `cgd_layout`; set one of them (got layout={self.layout!r}, "
+                f"cgd_layout={self.cgd_layout!r})."
+            )
+        self.cgd_layout = chosen.pop() if chosen else self.cgd_layout
+        super().__post_init__()
+        self.layout = self.cgd_layout
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}.")
         if self.max_records is not None and self.max_records < 1:
             raise ValueError(f"`max_records` must be at least 1, got {self.max_records}.")
 
 
-def _split_prompt(prompt: Any) -> tuple[list[dict[str, str]], str]:
-    # A prompt is a string, or chat messages whose last one is the question (as in CritiqueCollator).
-    if isinstance(prompt, list):
-        history = [{"role": m["role"], "content": m["content"]} for m in prompt[:-1]]
-        return history, prompt[-1]["content"]
-    return [], prompt
-
-
-def render_contexts(record: Mapping[str, Any], collator: CritiqueCollator, layout: str, index: int | None = None):
+def render_contexts(
+    record: Mapping[str, Any],
+    collator: CritiqueCollator,
+    layout: str,
+    index: int | None = None,
+    fmt: RecordFormat | None = None,
+):
     """
     Renders the three contexts of one CGD record.
 
     Args:
         record (`Mapping`): The CGD record.
-        collator ([`CritiqueCollator`]): Renders the full CGD context (and validates the record).
+        collator ([`CritiqueCollator`]): Renders the full CGD context, as training does (and validates the record).
         layout (`str`): `single_turn`, `multi_turn` or `plain`.
         index (`int`, *optional*): Position of the record, for error messages.
+        fmt ([`~record_format.RecordFormat`], *optional*): The format of the two shorter contexts (the wording of
+            the context without a critique); defaults to the collator's, with the library's wording for it.
 
     Returns:
         `dict`: `{condition: prompt}`, chat messages (without the answer) for chat layouts, text for `plain`.
     """
     full = collator.format(record, layout, index=index, dataset_name="diagnose")["prompt"]
-    history, question = _split_prompt(record[collator.prompt_field])
-    initial = record[collator.initial_response_field]
-    question_text = fill(QUESTION_TEMPLATE, instruction=QUESTION_INSTRUCTION, question=question)
-    # The `no_critique` condition's context, word for word.
-    attempt_text = fill(
-        NO_CRITIQUE_TEMPLATE, instruction=NO_CRITIQUE_INSTRUCTION, question=question, initial_response=initial
-    )
-    if layout == "plain":
-        system = "".join(message["content"] + "\n\n" for message in history)
-        return {
-            CONDITIONS[0]: system + question_text + PLAIN_ANSWER_HEADER,
-            CONDITIONS[1]: system + attempt_text + PLAIN_ANSWER_HEADER,
-            CONDITIONS[2]: full,
-        }
-    if layout == "multi_turn":
-        # The CGD context is question / draft / critique-and-instruction turns: drop the critique from the last turn.
-        attempt = history + [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": initial},
-            {"role": "user", "content": NO_CRITIQUE_FOLLOW_UP},
-        ]
-    else:
-        attempt = history + [{"role": "user", "content": attempt_text}]
+    fmt = fmt or collator.record_format
+    parts = fmt.parts(record)
     return {
-        CONDITIONS[0]: history + [{"role": "user", "content": question_text}],
-        CONDITIONS[1]: attempt,
+        CONDITIONS[0]: fmt.render("question", parts, layout, index, "diagnose"),
+        # The `no_critique` condition's context, word for word.
+        CONDITIONS[1]: fmt.render("no_critique", parts, layout, index, "diagnose"),
         CONDITIONS[2]: full,
     }
 
@@ -318,17 +298,9 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
     if pad_token_id is None:
         pad_token_id = 0  # padded positions are masked and never scored
 
-    collator = CritiqueCollator(
-        processing_class=tokenizer,
-        layout=config.layout,
-        instruction=config.cgd_instruction or DEFAULT_INSTRUCTION,
-        template=config.cgd_template,
-        critique_template=config.cgd_critique_template,
-        prompt_field=config.prompt_field,
-        initial_response_field=config.initial_response_field,
-        critique_field=config.critique_field,
-        refined_response_field=config.refined_response_field,
-    )
+    # The same settings as training: `max_length` here skips long records, it never shortens them.
+    collator = CritiqueCollator.from_config(config, processing_class=tokenizer, max_length=None)
+    fmt = record_format(config)
     layout = collator.resolve_layout()
     records = _load_records(config)
 
@@ -336,7 +308,7 @@ def diagnose(config: DiagnoseConfig, model=None, tokenizer=None) -> dict[str, An
     kept: list[tuple[int, dict[str, Any], int]] = []  # (record index, record, first pair index)
     skipped_long = skipped_empty = 0
     for index, record in enumerate(records):
-        contexts = render_contexts(record, collator, layout, index)
+        contexts = render_contexts(record, collator, layout, index, fmt)
         target = target_ids(record[config.refined_response_field], tokenizer)
         if not target:
             skipped_empty += 1
