@@ -36,8 +36,10 @@ demo-smollm2: install
 replicate: install
 	$(VENV)/bin/cgd demo --conditions all --seeds 0 1 2 --output_dir outputs/cgd-replicate $(DEMO_ARGS)
 
+# Two test workers (CI has 2 cores): each test file's tests may land on either, except those of one `xdist_group`.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # CPU benchmarks (a few minutes each at most); benchmarks/gpu.py needs a CUDA GPU and is run by hand.
 bench: install

@@ -4,11 +4,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one thread each (and in the processes they start), instead of every worker
+    # spreading its matrix products over every core and the threads spinning against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from helpers import build_model, build_tokenizer, make_records  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch  # noqa: E402
+
+    torch.set_num_threads(1)
 
 FAMILIES = ("chatml", "llama3", "plain")
 

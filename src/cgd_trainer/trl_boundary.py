@@ -5,14 +5,14 @@ The one place `cgd_trainer` touches TRL's internals.
 private tokenizing helper, the trainer's metric buffers, the hook that prepares datasets, the attributes that hook
 reads. Those are the first lines to break on a TRL release, so every one of them lives here, as a small function whose
 note says what it relies on and where that is in TRL 1.16. The rest of the package calls these functions and never
-names a private TRL attribute itself (`tests/test_trl_boundary.py` checks both: that each name below still has the
-shape we rely on in the installed TRL, and that no other module uses them).
+names a private TRL attribute itself (`tests/training/test_trl_boundary.py` checks both: that each name below still
+has the shape we rely on in the installed TRL, and that no other module uses them).
 
 The public helpers TRL does not export from its top level (`trl.data_utils`, `trl.trainer.utils`, ...) are imported
 here too, so that a module move in TRL is also fixed in one place.
 
-Upgrading TRL: run `tests/test_trl_boundary.py` against the new release, fix what it names here, then record the new
-version in `CHECKED_ON` and widen `TRL_REQUIREMENT` (and `pyproject.toml`, which must say the same).
+Upgrading TRL: run `tests/training/test_trl_boundary.py` against the new release, fix what it names here, then record
+the new version in `CHECKED_ON` and widen `TRL_REQUIREMENT` (and `pyproject.toml`, which must say the same).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import trl
 
 from helpers import make_records
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
 def _env():

@@ -118,7 +118,7 @@ def test_eval_recipe_scores_what_cgd_demo_writes():
 
     from cgd_trainer.commands import eval as eval_command
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     (config,) = eval_command.make_parser().parse_args_and_config(
         args=["--config", str(root / "examples" / "eval" / "tiny-cpu.yaml")]
     )

@@ -26,8 +26,8 @@ from cgd_trainer.grading import extract_answer_with_fallbacks, parse_gold
 from cgd_trainer.templates import EVAL_SYSTEM_PROMPT
 from servers import ScriptedServer
 
-ROOT = Path(__file__).resolve().parents[1]
-MINI = str(Path(__file__).parent / "fixtures" / "mini_math.jsonl")
+ROOT = Path(__file__).resolve().parents[2]
+MINI = str(Path(__file__).parents[1] / "fixtures" / "mini_math.jsonl")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -166,7 +166,7 @@ def test_checkpoint_selection_resumes_per_checkpoint(tmp_path, tokenizers, monke
     for step in (1, 2):
         build_model(tokenizers["chatml"], "chatml", seed=step).save_pretrained(root / f"checkpoint-{step}")
         tokenizers["chatml"].save_pretrained(root / f"checkpoint-{step}")
-    heldout = str(Path(__file__).parent / "fixtures" / "mini_heldout.jsonl")
+    heldout = str(Path(__file__).parents[1] / "fixtures" / "mini_heldout.jsonl")
     argv = ["eval", "--backend", "transformers", "--checkpoints_dir", str(root), "--include_final", "false"]
     argv += ["--selection_benchmark", heldout, "--benchmarks", "builtin:demo", "--evaluate_selected", "false"]
     argv += ["--max_new_tokens", "4", "--plot", "false", "--output_dir", str(tmp_path / "out")]

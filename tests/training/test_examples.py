@@ -1,6 +1,7 @@
 """The training entry point: recipes, accelerate configs, examples/train.py launches, resume, the demo and its data."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from cgd_trainer.commands.train import (
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
 from cgd_trainer.scripts.train import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The recipes and accelerate configs ship inside the package; examples/recipes/* and examples/accelerate_configs link
 # there.
 RECIPE_DIR = ROOT / "src" / "cgd_trainer" / "recipes"
@@ -340,7 +341,7 @@ def _crash_after(output_dir: Path, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_loss_curve(tmp_path):
+def test_resume_gives_the_same_loss_curve(tmp_path, caplog):
     common = [
         "examples/train.py",
         "--per_device_train_batch_size",
@@ -358,12 +359,16 @@ def test_resume_gives_the_same_loss_curve(tmp_path):
         "--warmup_steps",
         "0",
     ]
+    # In this process: what is under test is the relaunch's decision and the resumed losses, not a launcher (the
+    # launches are tested above).
+    common = common[1:]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _launch([sys.executable, *common, "--max_steps", "6", "--output_dir", str(straight)])
+    assert _train_here(*common, "--max_steps", "6", "--output_dir", str(straight))[0] == 0
     shutil.copytree(straight, resumed)
     _crash_after(resumed, step=4)
-    log = _launch([sys.executable, *common, "--max_steps", "6", "--output_dir", str(resumed)])
-    assert "Resuming from" in log and "checkpoint-4" in log
+    with caplog.at_level(logging.WARNING, logger="cgd_trainer.runs"):
+        assert _train_here(*common, "--max_steps", "6", "--output_dir", str(resumed))[0] == 0
+    assert "Resuming from" in caplog.text and "checkpoint-4" in caplog.text
     expected, got = _losses(straight / "checkpoint-6"), _losses(resumed / "checkpoint-6")
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     assert [got[s] for s in range(1, 7)] == pytest.approx([expected[s] for s in range(1, 7)], rel=1e-5)
@@ -389,6 +394,24 @@ def _train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
 
 
+def _train_here(*args: str) -> tuple[int, str]:
+    """`cgd train` in this process (no launcher under test): its exit status and what it wrote to stderr."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["train", *args])
+    return code, err.getvalue()
+
+
+def _refused_here(result: tuple[int, str], *words: str) -> None:
+    code, err = result
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert all(word in line for word in words), line
+
+
 def _refused(run: subprocess.CompletedProcess, *words: str) -> None:
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     assert "Traceback" not in run.stderr
@@ -400,11 +423,12 @@ def _refused(run: subprocess.CompletedProcess, *words: str) -> None:
 def test_a_finished_or_different_run_is_not_resumed(tmp_path):
     # Before, a relaunch "resumed" the finished run: it trained nothing, printed the old summary and ignored new flags.
     common = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path)]
-    assert _train(*common).returncode == 0
-    _refused(_train(*common), str(tmp_path), "holds a finished run", "--overwrite_output_dir", "--output_dir")
-    _refused(_train(*common, "--learning_rate", "1e-3"), "learning_rate 0.003 -> 0.001")
-    run = _train(*common, "--learning_rate", "1e-3", "--overwrite_output_dir", "true")
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert _train_here(*common)[0] == 0
+    refusal = ("holds a finished run", "--overwrite_output_dir", "--output_dir")
+    _refused_here(_train_here(*common), str(tmp_path), *refusal)
+    _refused_here(_train_here(*common, "--learning_rate", "1e-3"), "learning_rate 0.003 -> 0.001")
+    code, err = _train_here(*common, "--learning_rate", "1e-3", "--overwrite_output_dir", "true")
+    assert code == 0, err[-2000:]
     assert json.loads((tmp_path / "cgd_run.json").read_text())["arguments"]["learning_rate"] == 1e-3
 
 
@@ -413,9 +437,9 @@ def test_model_only_checkpoints_are_not_resumed_as_if_exact(tmp_path):
     # The paper recipes' `save_only_model: true`: a relaunch would restart the optimizer and the schedule.
     common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "5"]
     common += ["--save_only_model", "true", "--output_dir", str(tmp_path)]
-    assert _train(*common).returncode == 0
+    assert _train_here(*common)[0] == 0
     _crash_after(tmp_path, step=2)
-    _refused(_train(*common), "model-only checkpoints", "save_only_model", "--resume_from_checkpoint")
+    _refused_here(_train_here(*common), "model-only checkpoints", "save_only_model", "--resume_from_checkpoint")
 
 
 def test_cli_usage(capsys):

@@ -29,9 +29,9 @@ from cgd_trainer.evaluation import runner as ev
 from cgd_trainer.evaluation.config import DEFAULT_SYSTEM_PROMPT, backend_options
 from helpers import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "examples" / "eval").glob("*.yaml"))
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 MINI = str(FIXTURES / "mini_math.jsonl")
 HELDOUT = str(FIXTURES / "mini_heldout.jsonl")
 MINI_IDS = [json.loads(line)["id"] for line in Path(MINI).read_text("utf-8").splitlines()]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgd_trainer"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "cgd_trainer"
 
 # Each unit (a top-level module or subpackage of cgd_trainer) and its layer. A module may import from a lower layer or
 # from its own unit, never from a higher layer nor from another unit of the same layer (one stage never reaches into
@@ -24,7 +24,7 @@ LAYERS = [
     ("record_format",),  # the CGD record: columns, settings, the one context renderer
     ("sources", "grading", "pretrained"),
     ("backends",),
-    ("trl_boundary",),  # the one module that touches TRL's internals (tests/test_trl_boundary.py)
+    ("trl_boundary",),  # the one module that touches TRL's internals (tests/training/test_trl_boundary.py)
     ("config", "collator"),
     ("trainer",),
     ("__init__",),  # the package root: lazy public names

@@ -403,7 +403,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
 
 # --- recipes and the whole offline chain ---------------------------------------------------------------------------
 
-PIPELINE_RECIPES = sorted((Path(__file__).parent.parent / "examples" / "pipeline").glob("*.yaml"))
+PIPELINE_RECIPES = sorted((Path(__file__).parents[2] / "examples" / "pipeline").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", PIPELINE_RECIPES, ids=lambda p: p.name)
@@ -426,7 +426,7 @@ def test_one_probe_format_rule_for_qwen_math():
     # The authors apply the chat template whenever the tokenizer has one; Qwen2.5-Math-7B's has one.
     from cgd_trainer.commands.generate import make_parser
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     for recipe in PIPELINE_RECIPES:
         (config,) = make_parser().parse_args_and_config(args=["--config", str(recipe)])
         if config.student_model and "Qwen2.5-Math" in config.student_model:
@@ -444,7 +444,7 @@ def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
     # A real local student (the tiny model, greedy) and the offline teacher.
     cli_main(
         [
-            "--config", str(Path(__file__).parent.parent / "examples" / "pipeline" / "demo.yaml"),
+            "--config", str(Path(__file__).parents[2] / "examples" / "pipeline" / "demo.yaml"),
             "--output_dir", str(data),
             "--student_backend", "transformers",
             "--student_model", tiny_dirs["chatml"],
@@ -458,7 +458,7 @@ def test_offline_chain_generate_build_train(tmp_path, tiny_dirs):
     for condition in ("cgd", "irrelevant_critique", "no_critique", "cft"):
         trainer = train_main(
             [
-                "--config", str(Path(__file__).parent.parent / "examples" / "recipes" / "tiny" / "cpu.yaml"),
+                "--config", str(Path(__file__).parents[2] / "examples" / "recipes" / "tiny" / "cpu.yaml"),
                 "--model_name_or_path", tiny_dirs["chatml"],
                 "--dataset_name", str(data / "sets" / f"{condition}.jsonl"),
                 "--output_dir", str(tmp_path / condition),

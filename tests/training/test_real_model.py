@@ -18,6 +18,9 @@ from cgd_trainer import CGDTrainer, cli, pretrained
 from cgd_trainer.sources import read_jsonl, resolve_model
 from helpers import check_dataloader, check_segment, make_config
 
+# One test worker converts and loads the model (`make test` runs two, `--dist loadgroup`), not both at once.
+pytestmark = pytest.mark.xdist_group("smollm2")
+
 NAME = "builtin:smollm2-135m-instruct"
 SPEC = pretrained.PACKAGED_MODELS[NAME]
 QUESTIONS = [

@@ -20,7 +20,7 @@ from cgd_trainer import CGDTrainer, trl_boundary
 from cgd_trainer.trl_boundary import BARE_TRAINER_ATTRIBUTES, CHECKED_ON, PRIVATE_ATTRIBUTES, TRL_REQUIREMENT
 from helpers import build_model, make_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "cgd_trainer"
 BOUNDARY = PACKAGE / "trl_boundary.py"
 UPGRADE = (

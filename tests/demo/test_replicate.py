@@ -17,7 +17,7 @@ from cgd_trainer.conditions.config import CONDITIONS
 from cgd_trainer.evaluation.benchmarks import resolve_benchmark
 from cgd_trainer.evaluation.config import parse_models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "replicate.md"
 PIPELINE = ROOT / "examples" / "pipeline" / "replicate-qwen2.5-1.5b.yaml"
 EVAL = ROOT / "examples" / "eval" / "replicate-qwen2.5-1.5b.yaml"

@@ -300,7 +300,7 @@ def test_the_documented_job_loop_ends_on_every_exit_status(tmp_path):
     import re
     import subprocess
 
-    docs = (Path(__file__).parents[1] / "docs" / "pipeline.md").read_text("utf-8")
+    docs = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text("utf-8")
     loops = [block for block in re.findall(r"```bash\n(.*?)```", docs, re.S) if "status" in block and "3" in block]
     assert len(loops) == 1, "docs/pipeline.md should show one job loop"
     for status in (0, 1, 2, 3):
