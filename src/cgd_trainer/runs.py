@@ -6,7 +6,6 @@ continues, starts or must not touch a run; `cgd demo` reuses a run that finished
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -52,16 +51,10 @@ def run_arguments(script_args: Any, training_args: Any, model_args: Any) -> dict
     values.update({key: value for key, value in vars(training_args).items() if key.startswith("cgd_")})
     data = Path(str(values.get("dataset_name") or ""))
     if data.is_file():
-        values["dataset_sha256"] = file_sha256(data)
+        from .pretrained import sha256_of
+
+        values["dataset_sha256"] = sha256_of(data)
     return json.loads(json.dumps(values, default=str))  # as it reads back from the file
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resumable(checkpoint: str) -> bool:
