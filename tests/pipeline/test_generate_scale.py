@@ -310,3 +310,35 @@ def test_the_documented_job_loop_ends_on_every_exit_status(tmp_path):
         assert done.returncode == status
         calls = (tmp_path / "calls").read_text().count("run")
         assert calls == 1 if status != 3 else 1 < calls <= 10
+
+
+def test_shards_that_ran_their_stages_in_other_invocations_merge(tmp_path):
+    # Shard 0 ran all stages at once; shard 1 drafted first (`--stages probe`) and critiqued and refined later, so
+    # its last summary knows no resolved student: only the stages both shards sent are compared.
+    common = dict(max_records=8)
+    run(**settings(tmp_path / "s0", **common, shard="0/2"))
+    run(**settings(tmp_path / "s1", **common, shard="1/2", stages=["probe"]))
+    summary = run(**settings(tmp_path / "s1", **common, shard="1/2", stages=["critique", "refine"]))
+    assert summary["stages_sent"] == ["critique", "refine"]
+    folders = [str(tmp_path / f"s{index}" / "out") for index in range(2)]
+    merged = run(**settings(tmp_path / "m", **common, merge=folders))
+    assert merged["records"] == 8 and merged["stages_sent"] == ["probe", "critique", "refine"]
+    # A critique budget that differs is still found, on the stages both sent.
+    run(**settings(tmp_path / "s1", **common, shard="1/2", stages=["critique", "refine"], critique_max_new_tokens=8))
+    with pytest.raises(ValueError, match=r"sampling\.critique\.max_tokens"):
+        run(**settings(tmp_path / "m2", **common, merge=folders))
+
+
+def test_a_local_model_is_its_files_wherever_its_folder_is(tmp_path, tiny_dirs):
+    # Two machines hold the same student folder at different paths: one model for a merge, and for a rerun.
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "student"
+    shutil.copytree(tiny_dirs["chatml"], copy)
+    common = dict(max_records=4, stages=["probe"], probe_max_new_tokens=4, student_backend="transformers")
+    for index, folder in enumerate((tiny_dirs["chatml"], str(copy))):
+        run(**settings(tmp_path / f"s{index}", **common, shard=f"{index}/2", student_model=folder))
+    folders = [str(tmp_path / f"s{index}" / "out") for index in range(2)]
+    assert run(**settings(tmp_path / "m", **common, merge=folders))["stages"]["probe"] == {"merged": 4}
+    rerun = run(**settings(tmp_path / "s0", **common, shard="0/2", student_model=str(copy)))
+    assert rerun["stages"]["probe"]["cached"] == 2 and "generated" not in rerun["stages"]["probe"]

@@ -135,15 +135,14 @@ class Backend(ABC):
 
     def identity(self) -> dict[str, Any]:
         """
-        What identifies the model behind a text: the one rule for reruns (request keys) and shard merges. It is the
-        name the model is known by (a hub id, a folder, or the name a server gives it), the fingerprint of its local
-        files where it has them, and the extra fields sent with every request. The backend kind and a server's address
-        do not count: the same model served at another URL (a restarted server, one server per shard) gives the same
-        texts, so serve a retrained model under a new name.
+        What identifies the model behind a text: the one rule for reruns (request keys) and shard merges. A model
+        with local files is their fingerprint, wherever the folder is (another path, another node's disk); a model
+        known by name only (a hub id for a server, a served name) is that name. The extra fields sent with every
+        request count too. The backend kind and a server's address do not: the same model served at another URL (a
+        restarted server, one server per shard) gives the same texts, so serve a retrained model under a new name.
         """
-        identity: dict[str, Any] = {"model": self.model}
-        if self.fingerprint is not None:
-            identity["fingerprint"] = self.fingerprint
+        fingerprint = self.fingerprint
+        identity: dict[str, Any] = {"fingerprint": fingerprint} if fingerprint is not None else {"model": self.model}
         if getattr(self, "extra_body", None):
             identity["extra_body"] = self.extra_body
         return identity
@@ -153,7 +152,8 @@ class Backend(ABC):
         Provenance of the backend: what produced the texts (never credentials). Its [`~Backend.identity`] keys, and
         the prompt format, decide whether two runs used the same model; the other keys are for the reader.
         """
-        return {"backend": self.name, **self.identity(), "prompt_format": "chat" if self.uses_chat else "completion"}
+        described = {"backend": self.name, "model": self.model, **self.identity()}
+        return {**described, "prompt_format": "chat" if self.uses_chat else "completion"}
 
     @property
     def fingerprint(self) -> str | None:
@@ -217,15 +217,17 @@ def identity_of(described: dict[str, Any]) -> dict[str, Any]:
     The part of a [`Backend.describe`] record that says which model made a text (its [`~Backend.identity`] and the
     prompt format), without what only says where it ran (the backend kind, a server address).
     """
-    return {key: described[key] for key in ("model", "fingerprint", "extra_body", "prompt_format") if key in described}
+    name = ("fingerprint",) if "fingerprint" in described else ("model",)  # as in `Backend.identity`
+    return {key: described[key] for key in (*name, "extra_body", "prompt_format") if key in described}
 
 
 def request_key(backend: Backend, request: Request) -> str:
     """
     Hash of what determines a completion, the key under which `cgd generate` and `cgd eval` store a result so that a
-    rerun sends nothing twice: the model's [`~Backend.identity`] (its name, the fingerprint of a local model's files so
-    that a model retrained into the same folder regenerates, and any extra request fields such as `top_k` or
-    `chat_template_kwargs`), the exact prompt as sent, and the decoding settings with their stops.
+    rerun sends nothing twice: the model's [`~Backend.identity`] (the fingerprint of a local model's files, so that a
+    model retrained into the same folder regenerates and a copied folder does not, or the name of a served model, and
+    any extra request fields such as `top_k` or `chat_template_kwargs`), the exact prompt as sent, and the decoding
+    settings with their stops.
     """
     payload = {
         **backend.identity(),

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..backends import identity_of
 from .config import GenerateConfig, parse_shard
+from .stages import STAGES
 
 SUMMARY_FILE = "summary.json"
 # The settings that decide which questions a run reads, and in which order (ids included).
@@ -84,7 +85,7 @@ def read_shards(folders: list[str]) -> list[ShardRun]:
         if not path.is_file():
             raise ValueError(f"`merge`: {folder} has no {SUMMARY_FILE}; give the output folders of shard runs.")
         summary = json.loads(path.read_text("utf-8"))
-        if "input_sha256" not in summary:
+        if "input_sha256" not in summary or "stages_sent" not in summary:
             raise ValueError(
                 f"`merge`: {path} does not record which input its run read (it was written by an older "
                 "cgd-trainer); rerun that shard's command, which reuses every finished output, and merge again."
@@ -104,17 +105,21 @@ def differences(first: Any, second: Any, path: str = "") -> list[str]:
     return [] if first == second else [path or "value"]
 
 
-def _comparable(provenance: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a run's provenance that must agree between shards (not where a model was served)."""
+def _comparable(provenance: dict[str, Any], stages: set[str]) -> dict[str, Any]:
+    """
+    The parts of a run's provenance that must agree between shards, for the stages both sent requests in: the models
+    that answered them (not where they were served) and their resolved settings, and every stage's wording. A stage
+    a shard did not send (its drafts came with the data, or it ran `--stages probe` last) has no resolved model.
+    """
+    roles = sorted({STAGES[stage].role for stage in stages})
     return {
-        "student": identity_of(provenance["student"]),
-        "teacher": identity_of(provenance["teacher"]),
-        "sampling": provenance["sampling"],
+        **{role: identity_of(provenance[role]) for role in roles},
+        "sampling": {stage: provenance["sampling"][stage] for stage in sorted(stages)},
         "templates": provenance["templates"],
     }
 
 
-def check_shards(shards: list[ShardRun], config: GenerateConfig, digest: str, partial: bool = False) -> list[str]:
+def check_shards(shards: list[ShardRun], config: GenerateConfig, digest: str, partial: bool = False) -> list[int]:
     """
     Checks that `shards` can be merged into one run of `config`'s input, whose items hash to `digest`.
 
@@ -164,9 +169,11 @@ def check_shards(shards: list[ShardRun], config: GenerateConfig, digest: str, pa
             f"`merge`: shard {shard.label} ({shard.folder}) was made from another input than this merge reads: "
             f"{reason}. Merge with the settings the shards were run with, and shards of one input only."
         )
-    reference = _comparable(first.summary["provenance"])
     for shard in shards[1:]:
-        changed = differences(reference, _comparable(shard.summary["provenance"]))
+        both = set(first.summary["stages_sent"]) & set(shard.summary["stages_sent"])
+        changed = differences(
+            _comparable(first.summary["provenance"], both), _comparable(shard.summary["provenance"], both)
+        )
         if changed:
             raise ValueError(
                 f"`merge`: {shard.folder} was made with other models, decoding settings or templates than "

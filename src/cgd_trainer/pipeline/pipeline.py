@@ -45,7 +45,7 @@ def load_items(config: GenerateConfig, whole: bool = False) -> tuple[list[dict],
 
     Args:
         config ([`GenerateConfig`]): The settings.
-        whole (`bool`): Ignore `shard` (the merge step reads the whole input).
+        whole (`bool`): Ignore `shard`: the whole input ([`read_input`]).
 
     Returns:
         `tuple[list[dict], Counter]`: Items with `id`, `question` and the optional fields, and counts of dropped rows.
@@ -373,7 +373,8 @@ class Pipeline:
             stage_counts[stage] = self.run_stage(stage, items, stores)
             self._release_unneeded(c.stages[index + 1 :])
         records, incomplete = self.assemble(items, stores)
-        extra = {"input_sha256": input_digest(whole)}
+        # The stages whose backend was asked this run: only their models and resolved settings are in the provenance.
+        extra = {"input_sha256": input_digest(whole), "stages_sent": sorted(self._sampling, key=STAGE_NAMES.index)}
         if c.shard is not None:
             extra["shard"] = c.shard
         return self._finish(items, dropped, stage_counts, records, incomplete, self.provenance(), extra)
@@ -434,8 +435,10 @@ class Pipeline:
         left_out = sum(len(items[index::count]) for index in missing)
         if left_out:
             incomplete["probe"] += left_out
+        sent = {stage for shard in shards for stage in shard.summary["stages_sent"]}
         extra = {
             "input_sha256": input_digest(items),
+            "stages_sent": [stage for stage in STAGE_NAMES if stage in sent],
             "merged_shards": [shard.label for shard in sorted(shards, key=lambda shard: shard.index)],
             "missing_shards": [f"{index}/{count}" for index in missing],
         }

@@ -13,7 +13,7 @@ from ..backends import Sampling
 
 # The methods below take the [`GenerateConfig`], which imports this module for its defaults: typed `Any` to keep the
 # import one way.
-GenerateConfig = Any
+_Settings = Any
 
 ROLES = ("student", "teacher")
 
@@ -47,13 +47,13 @@ class Stage:
     stop_token_ids: str
     bare_chat: bool = False
 
-    def prompt_template(self, config: GenerateConfig) -> str:
+    def prompt_template(self, config: _Settings) -> str:
         return getattr(config, self.template)
 
-    def system_prompt(self, config: GenerateConfig) -> str | None:
+    def system_prompt(self, config: _Settings) -> str | None:
         return getattr(config, self.system)
 
-    def sampling(self, config: GenerateConfig) -> Sampling:
+    def sampling(self, config: _Settings) -> Sampling:
         """The decoding settings as configured (unset stops: the backend's and the prompt's defaults)."""
         stop = getattr(config, self.stop)
         ids = getattr(config, self.stop_token_ids)
