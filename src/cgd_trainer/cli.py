@@ -60,6 +60,17 @@ def _missing_cpu_kernels(record: logging.LogRecord) -> bool:
     return "No module named 'kernels'" not in record.getMessage()
 
 
+def _own_import_failed(error: ImportError) -> bool:
+    """Whether an import error is about this package's own modules, or was raised by its own code."""
+    if (error.name or "").split(".")[0] == "cgd_trainer":
+        return True
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    return frame is not None and os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
 def usage() -> str:
     rows = "\n".join(f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items())
     return (
@@ -92,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cgd {command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
-    except ModuleNotFoundError as error:
-        # Another package that is not installed (an extra's, e.g. vllm) is the user's to install; a module of this
-        # package that cannot be found is a broken install or a bug, and keeps its traceback.
-        if os.environ.get("CGD_TRACEBACK") or not error.name or error.name.split(".")[0] == "cgd_trainer":
+    except ImportError as error:
+        # A package that is not installed (an extra's: vllm; bitsandbytes or flash-attn, which transformers asks for
+        # with its own ImportError) is the user's to install. An import of this package's own code that fails is a
+        # broken install or a bug, and keeps its traceback.
+        if os.environ.get("CGD_TRACEBACK") or _own_import_failed(error):
             raise
         print(
-            f"cgd {command}: error: {_one_line(error)}; install it (see `pip install 'cgd-trainer[...]'` extras).",
+            f"cgd {command}: error: {_one_line(error)} (a package this needs is not installed; see the extras of "
+            "`pip install 'cgd-trainer[...]'`).",
             file=sys.stderr,
         )
         return EXIT_USAGE

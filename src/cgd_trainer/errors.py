@@ -14,6 +14,7 @@ class MissingDependency(ImportError):
     """An optional dependency a feature needs is not installed; the message names what to install."""
 
 
-# A bad value, setting, record or file, or an optional dependency to install. A plain `KeyError` or `ImportError` is
-# not among them: one raised by the project's own code is a bug, and a one-line message would hide where it is.
+# A bad value, setting, record or file, or an optional dependency to install. A plain `KeyError` is not among them,
+# nor an `ImportError` of the project's own code (`cgd_trainer.cli` tells it from a package that is not installed): a
+# one-line message would hide where the bug is.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, MissingDependency)

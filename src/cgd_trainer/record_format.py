@@ -276,7 +276,9 @@ class RecordFormat:
         if kind == "cgd":
             return fill(self.critique_template, critique=parts.critique, instruction=self.instruction)
         if kind == "no_critique":
-            return NO_CRITIQUE_FOLLOW_UP
+            # The default follow-up speaks to the student ("your attempt"); a configured instruction is used as given.
+            custom = self.no_critique_instruction != NO_CRITIQUE_INSTRUCTION
+            return self.no_critique_instruction if custom else NO_CRITIQUE_FOLLOW_UP
         return None
 
     def render(

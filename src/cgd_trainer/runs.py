@@ -19,12 +19,39 @@ logger = logging.getLogger(__name__)
 # losses a relaunch would continue (logging, saving and evaluation settings may change between launches).
 RUN_FILE = "cgd_run.json"
 RUN_SCRIPT_KEYS = ("dataset_name", "dataset_config", "dataset_train_split")
-RUN_MODEL_KEYS = ("model_name_or_path", "model_revision", "use_peft", "lora_r", "lora_alpha", "load_in_4bit")
+RUN_MODEL_KEYS = (
+    "model_name_or_path",
+    "model_revision",
+    "dtype",
+    "attn_implementation",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "use_rslora",
+    "use_dora",
+    "load_in_4bit",
+    "load_in_8bit",
+)
 RUN_TRAINING_KEYS = (
     "learning_rate",
     "lr_scheduler_type",
+    "lr_scheduler_kwargs",
     "warmup_steps",
     "weight_decay",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "bf16",
+    "fp16",
+    "loss_type",
+    "assistant_only_loss",
+    "chat_template_path",
+    "eos_token",
+    "pad_token",
     "num_train_epochs",
     "max_steps",
     "per_device_train_batch_size",
@@ -137,11 +164,15 @@ def saved_run(output_dir: str | Path) -> dict:
 
 def finished_run(output_dir: str | Path, arguments: dict) -> dict | None:
     """
-    The record of a run that finished in `output_dir` with exactly these arguments (its model saved there), else
-    `None`: what `cgd demo` reuses instead of training again.
+    The record of a run that finished in `output_dir` with exactly these arguments, by this version of cgd-trainer
+    (its model saved there), else `None`: what `cgd demo` reuses instead of training again.
     """
+    from . import __version__
+
     record = saved_run(output_dir)
     if not record.get("finished") or record.get("arguments") != arguments:
+        return None
+    if record.get("cgd_trainer") != __version__:  # the trainer itself may have changed what a run learns
         return None
     return record if (Path(output_dir) / "config.json").is_file() else None
 
@@ -151,7 +182,8 @@ def _relaunch_problem(output_dir: Path, checkpoint: str, arguments: dict) -> str
     record = saved_run(output_dir)
     if record:
         saved = record["arguments"]
-        changed = [key for key in sorted(set(saved) | set(arguments)) if saved.get(key) != arguments.get(key)]
+        # Only what both know: an argument an older version did not record does not stop its unfinished run.
+        changed = [key for key in sorted(set(saved) & set(arguments)) if saved[key] != arguments[key]]
         if changed:
             listed = ", ".join(f"{key} {saved.get(key)!r} -> {arguments.get(key)!r}" for key in changed)
             return f"holds a run with other arguments ({listed})"

@@ -310,6 +310,15 @@ def test_demo_rerun_keeps_finished_runs_and_retrains_changed_ones(tmp_path, caps
     assert runs.finished_run(run_dir, arguments("--max_steps", "5", "--logging_steps", "4")) is None
     assert runs.finished_run(run_dir, {**same, "seed": 4}) is None
     assert runs.finished_run(run_dir, {**same, "dataset_sha256": "0" * 64}) is None
+    # Any setting that changes what is learned, not only the recipe's usual ones; and a run of another version.
+    assert (
+        runs.finished_run(run_dir, arguments("--max_steps", "4", "--logging_steps", "4", "--max_grad_norm", "0.5"))
+        is None
+    )
+    record = runs.saved_run(run_dir)
+    (run_dir / runs.RUN_FILE).write_text(json.dumps({**record, "cgd_trainer": "0.0.1"}))
+    assert runs.finished_run(run_dir, same) is None
+    (run_dir / runs.RUN_FILE).write_text(json.dumps(record))
 
     assert cli.main([*argv, "--retrain", "true"]) == 0
     assert "reusing" not in capsys.readouterr().out

@@ -105,7 +105,7 @@ def test_train_refuses_a_misspelt_recipe_key_or_flag_before_any_work(tmp_path):
     ("raised", "status"),
     [
         (KeyError("a lookup the code got wrong"), None),  # a bug: the traceback is what finds it
-        (ImportError("cannot import name 'x' from 'cgd_trainer.y'"), None),
+        (ImportError("cannot import name 'x' from 'cgd_trainer.y'", name="cgd_trainer.y"), None),
         (AttributeError("'NoneType' object has no attribute 'z'"), None),
         (ModuleNotFoundError("No module named 'cgd_trainer.gone'", name="cgd_trainer.gone"), None),
         (ValueError("--max_records: at least 1, got 0."), 2),
@@ -129,16 +129,38 @@ def test_only_user_mistakes_are_one_line_and_a_bug_keeps_its_traceback(monkeypat
     assert capsys.readouterr().err.strip() == f"cgd build: error: {raised}"
 
 
-def test_another_package_not_installed_is_one_line(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ModuleNotFoundError("No module named 'vllm'", name="vllm"),
+        # What transformers raises for QLoRA without bitsandbytes: a plain ImportError, from its own code.
+        ImportError("Using `bitsandbytes` 4-bit quantization requires bitsandbytes: `pip install -U bitsandbytes`"),
+    ],
+    ids=["module-not-found", "a-library-asks-for-it"],
+)
+def test_another_package_not_installed_is_one_line(monkeypatch, capsys, raised):
     from cgd_trainer import cli
     from cgd_trainer.commands import build
 
     def fails(argv):
-        raise ModuleNotFoundError("No module named 'vllm'", name="vllm")
+        raise raised
 
     monkeypatch.setattr(build, "main", fails)
     assert cli.main(["build"]) == 2
-    assert "No module named 'vllm'; install it" in capsys.readouterr().err
+    assert f"{raised} (a package this needs is not installed" in capsys.readouterr().err
+
+
+def test_an_import_that_fails_in_the_package_code_is_a_bug(monkeypatch):
+    # Raised by a module of the package itself (here its own `from x import y` of a name that is not there).
+    from cgd_trainer import cli
+    from cgd_trainer.commands import build
+
+    def fails(argv):
+        exec(compile("from cgd_trainer.templates import no_such_name", build.__file__, "exec"), {})
+
+    monkeypatch.setattr(build, "main", fails)
+    with pytest.raises(ImportError, match="no_such_name"):
+        cli.main(["build"])
 
 
 def test_a_missing_optional_dependency_is_one_line_naming_the_extra(monkeypatch):

@@ -141,3 +141,14 @@ def test_the_settings_are_declared_once():
         assert {f.name: f for f in dataclasses.fields(config)}["no_critique_instruction"] is no_critique
     # CGDConfig keeps output_dir as its first positional argument, as TrainingArguments has it.
     assert CGDConfig("somewhere", use_cpu=True, bf16=False).output_dir == "somewhere"
+
+
+def test_a_configured_no_critique_instruction_is_the_multi_turn_follow_up():
+    from cgd_trainer.record_format import RecordParts, record_format
+    from cgd_trainer.templates import NO_CRITIQUE_FOLLOW_UP
+
+    parts = RecordParts(question="What is 2 + 2?", initial_response="5", critique="Wrong.\nConclusion: wrong")
+    default = record_format().render("no_critique", parts, "multi_turn")
+    assert default[-1] == {"role": "user", "content": NO_CRITIQUE_FOLLOW_UP}
+    own = record_format(no_critique_instruction="Try again, carefully.").render("no_critique", parts, "multi_turn")
+    assert own[-1] == {"role": "user", "content": "Try again, carefully."}

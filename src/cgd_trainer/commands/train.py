@@ -104,7 +104,7 @@ def with_default_recipe(argv: list[str]) -> list[str]:
     return ["--config", default_recipe(), *argv]
 
 
-def run(argv: list[str], prog: str | None = None):
+def run(argv: list[str], prog: str | None = "cgd train"):
     """Parses the command line (and the YAML recipe), trains in this process, and returns the [`CGDTrainer`]."""
     from ..scripts.train import main as train
 
@@ -112,7 +112,7 @@ def run(argv: list[str], prog: str | None = None):
     return train(script_args, training_args, model_args, dataset_args)
 
 
-def parse(argv: list[str], prog: str | None = None, extra_types: tuple = ()) -> tuple:
+def parse(argv: list[str], prog: str | None = "cgd train", extra_types: tuple = ()) -> tuple:
     """
     Parses the command line and the YAML recipe (a file or a shipped recipe's name) into TRL's four argument
     dataclasses and the [`LaunchArguments`] (then one instance of each of `extra_types`), strictly: a key of the recipe

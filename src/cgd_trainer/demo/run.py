@@ -368,7 +368,7 @@ def scored_questions(counts: dict[str, int], drafted: dict[str, int] | None = No
     split = {name: (drafted or {}).get(name) for name in (RIGHT_DRAFTS, WRONG_DRAFTS)}
     # The held-out questions the student drafted, all 160 or the first ones (SmolLM2 drafts the first 96).
     pool = None if None in split.values() else split[RIGHT_DRAFTS] + split[WRONG_DRAFTS]
-    available = {ALONE: pool, **split}
+    available = {ALONE: (drafted or {}).get(ALONE, pool), **split}  # the question-alone file, where it is known
 
     def cut(name: str) -> bool:
         if available[name] is not None:
