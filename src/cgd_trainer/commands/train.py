@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field, fields
 
+from ..scripts.train import LAUNCHED_ENV
 from . import EXIT_OK
 from .parser import (
     ConfigParser,
@@ -32,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 # The recipe used when none is named: offline, CPU, shipped in the package (the demo's code is not imported for it).
 DEFAULT_RECIPE = "tiny/cpu"
-
-# Set in a process that is the training script itself (already launched): launch settings are then not acted on.
-LAUNCHED_ENV = "CGD_LAUNCHED"
 
 
 @dataclass

@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # torch, TRL and the trainer load when a run starts, after th
 
 logger = logging.getLogger(__name__)
 
+# Set in a process that is this script, launched: launch settings are then not acted on (it never launches again).
+LAUNCHED_ENV = "CGD_LAUNCHED"
+
 
 def load_datasets(
     script_args: ScriptArguments, dataset_args: DatasetMixtureConfig
@@ -184,7 +187,6 @@ if __name__ == "__main__":
     # The launched process: the same flags, exit statuses and one-line errors as `cgd train`, which it is, except
     # that launch settings are not acted on here (it never launches again).
     from cgd_trainer.cli import main as cli_main
-    from cgd_trainer.commands.train import LAUNCHED_ENV
 
     os.environ[LAUNCHED_ENV] = "1"
     sys.exit(cli_main(["train", *sys.argv[1:]]))
