@@ -186,3 +186,25 @@ def make_config(tmp_path, **overrides) -> CGDConfig:
     )
     settings.update(overrides)
     return CGDConfig(**settings)
+
+
+def run_cgd(argv: list[str]) -> tuple[int, str, str]:
+    """
+    The `cgd` console entry point run in this process (no launcher under test): its exit status, and what it printed
+    to stdout and to stderr, log records included.
+    """
+    import contextlib
+    import io
+    import logging
+
+    from cgd_trainer import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    logging.getLogger().addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return code, out.getvalue(), err.getvalue()

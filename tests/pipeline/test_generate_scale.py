@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cgd_trainer.cli import main as cli_main
 from cgd_trainer.commands.generate import main as generate_main
 from cgd_trainer.pipeline import GenerateConfig, Pipeline, load_items
 from generate_helpers import pipeline_settings as settings
+from helpers import run_cgd as cgd
 
 
 def write_questions(path: Path, n: int) -> Path:
@@ -26,23 +26,6 @@ def run(**values) -> dict:
         return pipeline.run()
     finally:
         pipeline.close()
-
-
-def cgd(argv: list[str]) -> tuple[int, str, str]:
-    """Runs the `cgd` console entry point in process; returns the exit status, stdout and stderr with logging."""
-    import contextlib
-    import io
-    import logging
-
-    out, err = io.StringIO(), io.StringIO()
-    handler = logging.StreamHandler(err)
-    logging.getLogger().addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(argv)
-    finally:
-        logging.getLogger().removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_shuffle_draws_a_seeded_sample_instead_of_the_first_rows(tmp_path):

@@ -25,6 +25,7 @@ from cgd_trainer.commands.train import (
 )
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
 from cgd_trainer.scripts.train import summarize
+from helpers import run_cgd
 
 ROOT = Path(__file__).resolve().parents[2]
 # The recipes and accelerate configs ship inside the package; examples/recipes/* and examples/accelerate_configs link
@@ -396,13 +397,8 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 
 def _train_here(*args: str) -> tuple[int, str]:
     """`cgd train` in this process (no launcher under test): its exit status and what it wrote to stderr."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.main(["train", *args])
-    return code, err.getvalue()
+    code, _, err = run_cgd(["train", *args])
+    return code, err
 
 
 def _refused_here(result: tuple[int, str], *words: str) -> None:
