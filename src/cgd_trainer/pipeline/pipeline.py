@@ -405,7 +405,8 @@ class Pipeline:
         c = self.config
         shards = read_shards(c.merge)
         items, dropped = read_input(c)
-        missing = check_shards(shards, c, input_digest(items), partial=c.allow_partial_merge)
+        digest = input_digest(items)
+        missing = check_shards(shards, c, digest, partial=c.allow_partial_merge)
         rows, incomplete = {}, Counter()
         for shard in shards:
             incomplete.update(shard.summary["incomplete_records"])
@@ -437,7 +438,7 @@ class Pipeline:
             incomplete["probe"] += left_out
         sent = {stage for shard in shards for stage in shard.summary["stages_sent"]}
         extra = {
-            "input_sha256": input_digest(items),
+            "input_sha256": digest,
             "stages_sent": [stage for stage in STAGE_NAMES if stage in sent],
             "merged_shards": [shard.label for shard in sorted(shards, key=lambda shard: shard.index)],
             "missing_shards": [f"{index}/{count}" for index in missing],
