@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,8 +23,8 @@ from .record_format import (
 )
 from .records import validate_record
 from .templates import CHAT_LAYOUTS, TRUNCATION_POLICIES
-from .trl_boundary import DataCollatorForLanguageModeling, common_prefix_length
-from .trl_boundary import tokenize as _tokenize
+from .tokenization import Encoded, ExampleEncoder
+from .trl_boundary import DataCollatorForLanguageModeling
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class CritiqueCollator(DataCollatorMixin):
         When the rendered example is too long, the initial answer is shortened first, then the critique, then the
         question (the last user message for chat prompts), each by as many tokens as needed, keeping its beginning and
         appending `truncation_marker`. When even the refined answer with an empty context does not fit, the record is
-        dropped.
+        dropped. [`~CritiqueCollator.fit_batch`] does the same for many records at once.
 
         Args:
             example (`Mapping[str, Any]`): The raw record.
@@ -273,49 +273,14 @@ class CritiqueCollator(DataCollatorMixin):
             `tuple`: the `{"prompt", "completion"}` example (or `None` when dropped) and `"kept"`, `"shortened"` or
             `"dropped"`.
         """
-        formatted, status, _ = self._fit(example, layout, processing_class, index, dataset_name, chat_template)
-        return formatted, status
-
-    def _fit(self, example, layout, processing_class, index, dataset_name, chat_template):
-        # Also returns the full token ids when they were measured, so that `tokenize` need not compute them again.
-        formatted = self.format(example, layout, index, dataset_name)
-        processing_class = processing_class if processing_class is not None else self.processing_class
-        if self.max_length is None or self.truncation == "none":
-            return formatted, KEPT, None
-        if processing_class is None:
-            raise ValueError("`CritiqueCollator.fit` needs a tokenizer to measure lengths when `max_length` is set.")
-        template_kwargs = self._template_kwargs(example, chat_template)
-        full_ids = self._full_ids(formatted, processing_class, template_kwargs)
-        if len(full_ids) <= self.max_length:
-            return formatted, KEPT, full_ids
-        if self.truncation == "drop":
-            return None, DROPPED, None
-
-        tokenizer = _tokenizer_of(processing_class)
-        refined = example[self.refined_response_field]
-        parts = self.record_format.parts(example)
-        # The first cut of a field also adds the marker: cutting its tokens too saves a second round of tokenization.
-        marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
-        for key in SHORTEN_ORDER:
-            ids = tokenizer(getattr(parts, key), add_special_tokens=False)["input_ids"]
-            kept, extra = len(ids), marker
-            while len(full_ids) > self.max_length and kept > 0:
-                kept = max(0, kept - (len(full_ids) - self.max_length) - extra)
-                extra = 0
-                parts = replace(parts, **{key: tokenizer.decode(ids[:kept]) + self.truncation_marker})
-                formatted = self._render(parts, refined, layout, index, dataset_name)
-                full_ids = self._full_ids(formatted, processing_class, template_kwargs)
-            if len(full_ids) <= self.max_length:
-                return formatted, SHORTENED, full_ids
-        return None, DROPPED, None
+        return self.fit_batch([example], layout, processing_class, [index], dataset_name, chat_template, False)[0]
 
     def tokenize(
         self, example: Mapping[str, Any], layout: str, **fit_kwargs: Any
     ) -> tuple[dict[str, list[int]] | None, str]:
         """
         Fits a record into `max_length` (see [`~CritiqueCollator.fit`]) and tokenizes it as TRL would, with labels
-        that are -100 everywhere but on the refined answer and what the template closes it with. Each record is
-        tokenized once more than the prompt alone: the ids measured while fitting are reused.
+        that are -100 everywhere but on the refined answer and what the template closes it with.
 
         Args:
             example (`Mapping[str, Any]`): The raw record.
@@ -325,28 +290,117 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             `tuple`: `{"input_ids", "labels"}` (or `None` when dropped) and `"kept"`, `"shortened"` or `"dropped"`.
         """
-        processing_class = fit_kwargs.get("processing_class")
+        return self.fit_batch(
+            [example],
+            layout,
+            fit_kwargs.get("processing_class"),
+            [fit_kwargs.get("index")],
+            fit_kwargs.get("dataset_name", "train"),
+            fit_kwargs.get("chat_template"),
+        )[0]
+
+    def fit_batch(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        layout: str,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        indices: Sequence[int | None] | None = None,
+        dataset_name: str = "train",
+        chat_template: str | None = None,
+        tokenize: bool = True,
+    ) -> list[tuple[dict[str, Any] | None, str]]:
+        """
+        Validates, renders and fits many records, tokenizing each record's text once, all in one call to a fast
+        tokenizer (see [`~tokenization.ExampleEncoder`]). Only records that had to be shortened are tokenized again,
+        after each cut. The rows are exactly what TRL's own tokenization of the rendered examples gives.
+
+        Args:
+            examples (`Sequence[Mapping[str, Any]]`): The raw records.
+            layout (`str`): `single_turn`, `multi_turn` or `plain`.
+            processing_class (*optional*): The tokenizer; defaults to the collator's.
+            indices (`Sequence[int]`, *optional*): Position of each record, for error messages.
+            dataset_name (`str`, *optional*): Name of the dataset, for error messages.
+            chat_template (`str`, *optional*): Template to render with instead of the tokenizer's.
+            tokenize (`bool`, *optional*, defaults to `True`): Return `{"input_ids", "labels"}` rows; with `False`,
+                the fitted `{"prompt", "completion"}` examples (as [`~CritiqueCollator.fit`]).
+
+        Returns:
+            `list[tuple]`: for each record, its row or example (`None` when dropped) and `"kept"`, `"shortened"` or
+            `"dropped"`.
+        """
+        indices = list(indices) if indices is not None else [None] * len(examples)
+        record_format = self.record_format
+        formatted = []
+        for example, index in zip(examples, indices, strict=True):
+            validate_record(example, index, dataset_name, self.fields)
+            refined = example[self.refined_response_field]
+            formatted.append(self._render(record_format.parts(example), refined, layout, index, dataset_name))
+        measure = self.max_length is not None and self.truncation != "none"
+        if not tokenize and not measure:
+            return [(example, KEPT) for example in formatted]
         processing_class = processing_class if processing_class is not None else self.processing_class
         if processing_class is None:
-            raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize CGD records.")
-        chat_template = fit_kwargs.get("chat_template")
-        formatted, status, full_ids = self._fit(
-            example,
-            layout,
-            processing_class,
-            fit_kwargs.get("index"),
-            fit_kwargs.get("dataset_name", "train"),
-            chat_template,
-        )
-        if formatted is None:
-            return None, status
-        template_kwargs = self._template_kwargs(example, chat_template)
-        if full_ids is None:
-            full_ids = self._full_ids(formatted, processing_class, template_kwargs)
-        prompt_ids = self._prompt_ids(formatted, processing_class, template_kwargs)
-        # The completion starts where the prompt alone and the whole example diverge, as in TRL.
-        start = common_prefix_length(prompt_ids, full_ids)
-        return {"input_ids": full_ids, "labels": [-100] * start + full_ids[start:]}, status
+            raise ValueError(
+                "`CritiqueCollator` needs a `processing_class` to tokenize CGD records and to measure them against "
+                "`max_length`."
+            )
+        encoder = ExampleEncoder(processing_class, layout)
+        template_kwargs = [self._template_kwargs(example, chat_template) for example in examples]
+        results = []
+        for example, index, encoded in zip(examples, indices, encoder.encode(formatted, template_kwargs)):
+            status = KEPT
+            if measure and len(encoded.ids) > self.max_length:
+                if self.truncation == "drop":
+                    results.append((None, DROPPED))
+                    continue
+                encoded = self._shorten(example, layout, index, dataset_name, encoder, encoded, record_format)
+                if encoded is None:
+                    results.append((None, DROPPED))
+                    continue
+                status = SHORTENED
+            if not tokenize:
+                results.append((encoded.formatted, status))
+                continue
+            # The completion starts where the prompt alone and the whole example diverge, as in TRL.
+            start = encoder.completion_start(encoded)
+            results.append(({"input_ids": encoded.ids, "labels": [-100] * start + encoded.ids[start:]}, status))
+        return results
+
+    def _shorten(self, example, layout, index, dataset_name, encoder, encoded, record_format) -> Encoded | None:
+        # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
+        # long. A field's tokens are read from the example's encoding where the field can be found in it.
+        tokenizer = encoder.tokenizer
+        refined = example[self.refined_response_field]
+        parts = record_format.parts(example)
+        # The first cut of a field also removes the marker's length: that saves a second round of tokenization.
+        marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
+        for key in SHORTEN_ORDER:
+            value = getattr(parts, key) or ""
+            located = encoder.field_token_ends(encoded, value)
+            if located is not None:
+                value, ends = located
+                count = len(ends)
+
+                def cut(kept, value=value, ends=ends):
+                    return value[: ends[kept - 1]] if kept else ""
+
+            else:
+                ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
+                count = len(ids)
+
+                def cut(kept, ids=ids):
+                    return tokenizer.decode(ids[:kept])
+
+            kept, extra = count, marker
+            while len(encoded.ids) > self.max_length and kept > 0:
+                kept = max(0, kept - (len(encoded.ids) - self.max_length) - extra)
+                extra = 0
+                parts = replace(parts, **{key: cut(kept) + self.truncation_marker})
+                formatted = self._render(parts, refined, layout, index, dataset_name)
+                encoded = encoder.encode([formatted], [encoded.template_kwargs])[0]
+            if len(encoded.ids) <= self.max_length:
+                return encoded
+        return None
 
     def token_ids(
         self,
@@ -355,7 +409,7 @@ class CritiqueCollator(DataCollatorMixin):
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[list[int], list[int]]:
         """
-        Tokenizes a formatted example exactly as TRL's `SFTTrainer` does.
+        Tokenizes a formatted example exactly as TRL's `SFTTrainer` does, the prompt on its own.
 
         Args:
             formatted (`Mapping[str, Any]`): A `{"prompt", "completion"}` example.
@@ -365,29 +419,10 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             `tuple[list[int], list[int]]`: the ids of the prompt alone and of the prompt followed by the completion.
         """
-        template_kwargs = dict(template_kwargs or {})
-        return (
-            self._prompt_ids(formatted, processing_class, template_kwargs),
-            self._full_ids(formatted, processing_class, template_kwargs),
-        )
-
-    def _prompt_ids(self, formatted, processing_class, template_kwargs) -> list[int]:
-        prompt = formatted["prompt"]
-        if isinstance(prompt, list):
-            return list(
-                _tokenize(processing_class, prompt, add_generation_prompt=True, **template_kwargs)["input_ids"]
-            )
-        return list(_tokenize(processing_class, prompt)["input_ids"])
-
-    def _full_ids(self, formatted, processing_class, template_kwargs) -> list[int]:
-        prompt, completion = formatted["prompt"], formatted["completion"]
-        if isinstance(prompt, list):
-            return list(_tokenize(processing_class, prompt + completion, **template_kwargs)["input_ids"])
-        # TRL appends the eos token to plain-text completions that lack it
-        eos = _tokenizer_of(processing_class).eos_token
-        if eos and not completion.endswith(eos):
-            completion = completion + eos
-        return list(_tokenize(processing_class, prompt + completion)["input_ids"])
+        layout = "single_turn" if isinstance(formatted["prompt"], list) else "plain"
+        encoder = ExampleEncoder(processing_class, layout)
+        encoded = encoder.encode([formatted], [dict(template_kwargs or {})])[0]
+        return encoder.prompt_ids(encoded), encoded.ids
 
     def encode(self, example: Mapping[str, Any], index: int | None = None, dataset_name: str = "batch"):
         """

@@ -28,6 +28,8 @@ from .trl_boundary import (
 logger = logging.getLogger(__name__)
 
 _STATUS = "__cgd_status__"
+# Records rendered and tokenized together: one call to the fast tokenizer per batch.
+PREPARE_BATCH_SIZE = 512
 
 
 class CGDTrainer(SFTTrainer):
@@ -276,8 +278,10 @@ class CGDTrainer(SFTTrainer):
         with global_then_local_main_first():
             if isinstance(dataset, Dataset):
                 converted = dataset.map(
-                    _fit_row,
+                    _fit_rows,
                     fn_kwargs={"collator": collator, **fn_kwargs},
+                    batched=True,
+                    batch_size=PREPARE_BATCH_SIZE,
                     with_indices=True,
                     remove_columns=remove,
                     num_proc=args.dataset_num_proc,
@@ -298,8 +302,10 @@ class CGDTrainer(SFTTrainer):
             # Streaming data is converted lazily, so counts grow as training reads it.
             stats = self.cgd_stats.setdefault(dataset_name, {KEPT: 0, SHORTENED: 0, DROPPED: 0})
             converted = dataset.map(
-                _fit_row,
+                _fit_rows,
                 fn_kwargs={"collator": collator, "stats": stats, **fn_kwargs},
+                batched=True,
+                batch_size=PREPARE_BATCH_SIZE,
                 with_indices=True,
                 remove_columns=remove,
             )
@@ -503,23 +509,29 @@ def _format_row(example, collator, layout):
     return collator.format(example, layout, index=0, dataset_name="train")
 
 
-def _fit_row(example, index, collator, layout, processing_class, dataset_name, chat_template, pretokenize, stats=None):
-    fit_kwargs = dict(
-        processing_class=processing_class, index=index, dataset_name=dataset_name, chat_template=chat_template
+def _fit_rows(
+    batch, indices, collator, layout, processing_class, dataset_name, chat_template, pretokenize, stats=None
+):
+    # One batch of `Dataset.map(batched=True)`: the records' texts are tokenized together, each once.
+    columns = list(batch)
+    examples = [dict(zip(columns, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    results = collator.fit_batch(
+        examples, layout, processing_class, indices, dataset_name, chat_template, tokenize=pretokenize
     )
-    step = collator.tokenize if pretokenize else collator.fit
-    row, status = step(example, layout, **fit_kwargs)
-    if stats is not None:
-        stats[status] += 1
-        if status != KEPT and stats[status] == 1:  # streaming: say it once, keep counting in trainer.cgd_stats
-            logger.warning(
-                f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length; later ones are "
-                "counted in `trainer.cgd_stats` without a message."
-            )
-    if row is None:
-        # Keep the columns' types stable; the row is filtered out right after.
-        row = {"input_ids": [0], "labels": [-100]} if pretokenize else collator.format(example, layout, index)
-    return {**row, _STATUS: status}
+    rows = []
+    for example, index, (row, status) in zip(examples, indices, results, strict=True):
+        if stats is not None:
+            stats[status] += 1
+            if status != KEPT and stats[status] == 1:  # streaming: say it once, keep counting in trainer.cgd_stats
+                logger.warning(
+                    f"CGD record {index} of the {dataset_name} dataset was {status} to fit max_length; later ones are "
+                    "counted in `trainer.cgd_stats` without a message."
+                )
+        if row is None:
+            # Keep the columns' types stable; the row is filtered out right after.
+            row = {"input_ids": [0], "labels": [-100]} if pretokenize else collator.format(example, layout, index)
+        rows.append({**row, _STATUS: status})
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def _check_layout(layout: str, args: Any) -> None:

@@ -1,0 +1,194 @@
+"""One tokenization per record: rows equal to TRL's own tokenization of the rendered examples, in every layout and
+template family, shortened or not, and no unshortened record's text tokenized twice."""
+
+import logging
+
+import pytest
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+from trl import SFTTrainer
+
+from cgd_trainer import CGDTrainer, CritiqueCollator
+from cgd_trainer.tokenization import ExampleEncoder
+from helpers import _corpus, build_model, make_config, make_records
+
+MAX_LENGTH = 320
+
+# Mistral's way: [INST] turns, no separator after a turn, the eos token closes the answer.
+INST_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }} "
+    "[/INST]{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% else %}"
+    "{{ message['content'] }}\n\n{% endif %}{% endfor %}"
+)
+# A template whose prompt alone ends differently from the same prompt followed by an answer (as some reasoning models'
+# templates do): the prompt's tokens cannot be read from the whole example's and are tokenized on their own.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n\n</think>\n\n{% endif %}"
+)
+
+
+def sentencepiece_like(legacy: bool) -> PreTrainedTokenizerFast:
+    """
+    A tokenizer shaped like a converted SentencePiece one: `legacy=False` splits words with a `▁` prepended to the
+    first one (Mistral, Llama 2 in non-legacy mode); `legacy=True` prepends `▁` in the normalizer, to every text
+    between special tokens, and has no pre-tokenizer (Llama 2's legacy conversion).
+    """
+    backend = Tokenizer(models.BPE())
+    specials = ["<s>", "</s>", "[INST]", "[/INST]"]
+    if legacy:
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.train_from_iterator(_corpus(), trainer=trainers.BpeTrainer(vocab_size=700, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tokenizer.chat_template = INST_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def all_tokenizers(tokenizers):
+    thinking = PreTrainedTokenizerFast(tokenizer_object=tokenizers["chatml"].backend_tokenizer)
+    thinking.eos_token, thinking.pad_token = "<|im_end|>", "<|endoftext|>"
+    thinking.chat_template = THINKING_TEMPLATE
+    return {
+        **tokenizers,
+        "metaspace": sentencepiece_like(legacy=False),
+        "legacy": sentencepiece_like(legacy=True),
+        "thinking": thinking,
+    }
+
+
+@pytest.fixture(scope="module")
+def long_records():
+    # Every 4th record is too long for MAX_LENGTH and is shortened; two refined answers alone are too long.
+    return make_records(16, seed=1, long_every=4) + make_records(2, seed=4, filler=120)
+
+
+CASES = [
+    (family, layout)
+    for family in ("chatml", "llama3", "metaspace", "legacy", "thinking")
+    for layout in ("single_turn", "multi_turn", "plain")
+] + [("plain", "plain")]
+
+
+@pytest.mark.parametrize(("family", "layout"), CASES)
+@pytest.mark.parametrize("max_length", [MAX_LENGTH, 4096])
+def test_rows_equal_trls_tokenization_of_the_fitted_examples(
+    tmp_path, all_tokenizers, long_records, family, layout, max_length
+):
+    # What CGDTrainer trains on is what SFTTrainer makes of the same fitted prompt-completion examples.
+    tokenizer = all_tokenizers[family]
+    model_family = "llama3" if family == "llama3" else "chatml"
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    if max_length == MAX_LENGTH:
+        # Just long enough for the ordinary records, whatever the vocabulary: the long ones are shortened.
+        ordinary = [record for i, record in enumerate(long_records[:16]) if i % 4 != 3]
+        max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in ordinary)
+    args = dict(max_length=max_length, cgd_layout=layout)
+    cgd = CGDTrainer(
+        model=build_model(tokenizer, model_family),
+        args=make_config(tmp_path, **args),
+        train_dataset=Dataset.from_list(long_records),
+        processing_class=tokenizer,
+    )
+    collator.max_length = max_length
+    fitted = [example for example, _ in collator.fit_batch(long_records, layout, tokenize=False) if example]
+    sft = SFTTrainer(
+        model=build_model(tokenizer, model_family),
+        args=make_config(tmp_path, max_length=max_length),
+        train_dataset=Dataset.from_list(fitted),
+        processing_class=tokenizer,
+    )
+    stats = cgd.cgd_stats["train"]
+    assert stats["shortened"] == (4 if max_length < 4096 else 0) and sum(stats.values()) == 18
+    assert cgd.train_dataset["input_ids"] == sft.train_dataset["input_ids"]
+    assert cgd.train_dataset["labels"] == sft.train_dataset["labels"]
+
+
+def _count_tokenized(monkeypatch, tokenizer) -> list[str]:
+    # Every text the tokenizer is asked to encode, whichever way it is called.
+    texts = []
+    cls = type(tokenizer)
+    original = cls.__call__
+
+    def counting(self, text=None, *args, **kwargs):
+        texts.extend([text] if isinstance(text, str) else list(text or []))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", counting)
+    return texts
+
+
+@pytest.mark.parametrize(("family", "layout"), [("chatml", "single_turn"), ("llama3", "multi_turn"), ("plain", "plain")])
+def test_an_unshortened_record_is_tokenized_once(tmp_path, tokenizers, long_records, monkeypatch, family, layout):
+    tokenizer = tokenizers[family]
+    texts = _count_tokenized(monkeypatch, tokenizer)
+    trainer = CGDTrainer(
+        model=build_model(tokenizer, "llama3" if family == "llama3" else "chatml"),
+        args=make_config(tmp_path, max_length=MAX_LENGTH, cgd_layout=layout),
+        train_dataset=Dataset.from_list(long_records),
+        processing_class=tokenizer,
+    )
+    # Streaming counts grow each time the stream is read (TRL and this test read it): at least one pass's worth.
+    assert trainer.cgd_stats["train"]["shortened"] >= 4 and trainer.cgd_stats["train"]["dropped"] >= 2
+    # Each question is unique ("Question 3: ..."), so the texts holding it are the tokenizations of its record.
+    times = [sum(record["prompt"] in text for text in texts) for record in long_records]
+    # Records 3, 7, 11 and 15 are shortened, 16 and 17 dropped: each is tokenized again after every cut.
+    cut = [i for i in range(18) if i % 4 == 3 or i >= 16]
+    for i, count in enumerate(times):
+        if i in cut:
+            assert count >= 2, f"record {i} was cut, so tokenized again after the cut"
+        else:
+            assert count == 1, f"record {i} fits and was tokenized {count} times"
+    # All the records went to the tokenizer together, in one call.
+    assert sum(isinstance(text, str) and long_records[0]["prompt"] in text for text in texts) == 1
+
+
+def test_the_prompt_is_tokenized_alone_only_where_needed(all_tokenizers, long_records, monkeypatch):
+    # The shortcut reads the prompt's tokens from the whole example's; where it cannot be relied on (a normalizer
+    # that marks the start of every text, a template that renders the prompt alone differently) the prompt is
+    # tokenized on its own, as TRL does.
+    calls = []
+    original = ExampleEncoder.prompt_ids
+    monkeypatch.setattr(ExampleEncoder, "prompt_ids", lambda self, e: calls.append(1) or original(self, e))
+    records = long_records[:16]
+    for family, layout, alone in [
+        ("chatml", "single_turn", 0),
+        ("chatml", "plain", 0),
+        ("metaspace", "plain", 0),
+        ("metaspace", "multi_turn", 0),
+        ("legacy", "single_turn", 0),
+        ("legacy", "plain", len(records)),
+        ("thinking", "single_turn", len(records)),
+    ]:
+        calls.clear()
+        CritiqueCollator(all_tokenizers[family]).fit_batch(records, layout)
+        assert len(calls) == alone, (family, layout)
+
+
+def test_streaming_records_are_tokenized_in_batches(tmp_path, tokenizers, long_records, caplog):
+    from datasets import IterableDataset
+
+    stream = IterableDataset.from_generator(lambda: iter(long_records))
+    with caplog.at_level(logging.WARNING, logger="cgd_trainer"):
+        trainer = CGDTrainer(
+            model=build_model(tokenizers["chatml"], "chatml"),
+            args=make_config(tmp_path, max_length=MAX_LENGTH, max_steps=2),
+            train_dataset=stream,
+            processing_class=tokenizers["chatml"],
+        )
+        rows = list(trainer.train_dataset)
+    in_memory = CGDTrainer(
+        model=build_model(tokenizers["chatml"], "chatml"),
+        args=make_config(tmp_path, max_length=MAX_LENGTH),
+        train_dataset=Dataset.from_list(long_records),
+        processing_class=tokenizers["chatml"],
+    )
+    assert [row["input_ids"] for row in rows] == in_memory.train_dataset["input_ids"]
+    # Streaming counts grow each time the stream is read (TRL and this test read it): at least one pass's worth.
+    assert trainer.cgd_stats["train"]["shortened"] >= 4 and trainer.cgd_stats["train"]["dropped"] >= 2
