@@ -124,7 +124,9 @@ def _count_tokenized(monkeypatch, tokenizer) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize(("family", "layout"), [("chatml", "single_turn"), ("llama3", "multi_turn"), ("plain", "plain")])
+@pytest.mark.parametrize(
+    ("family", "layout"), [("chatml", "single_turn"), ("llama3", "multi_turn"), ("plain", "plain")]
+)
 def test_an_unshortened_record_is_tokenized_once(tmp_path, tokenizers, long_records, monkeypatch, family, layout):
     tokenizer = tokenizers[family]
     texts = _count_tokenized(monkeypatch, tokenizer)
