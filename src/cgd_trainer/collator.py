@@ -368,39 +368,48 @@ class CritiqueCollator(DataCollatorMixin):
 
     def _shorten(self, example, layout, index, dataset_name, encoder, encoded, record_format) -> Encoded | None:
         # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
-        # long. A field's tokens are read from the example's encoding where the field can be found in it.
+        # long. Each round plans every cut the overflow needs from the current encoding (a field's tokens are read
+        # from it where the field can be found there), then renders and tokenizes once; a second round is rare.
         tokenizer = encoder.tokenizer
         refined = example[self.refined_response_field]
         parts = record_format.parts(example)
-        # The first cut of a field also removes the marker's length: that saves a second round of tokenization.
+        # Cutting a field also adds the marker, whose tokens count against the room it frees.
         marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
-        for key in SHORTEN_ORDER:
-            value = getattr(parts, key) or ""
-            located = encoder.field_token_ends(encoded, value)
-            if located is not None:
-                value, ends = located
-                count = len(ends)
+        fields = {}  # key -> [cut(kept) -> text, tokens kept]; a field is read while it is still whole
+        overflow = len(encoded.ids) - self.max_length
+        while overflow > 0:
+            changed = False
+            for key in SHORTEN_ORDER:
+                if overflow <= 0:
+                    break
+                if key not in fields:
+                    fields[key] = [*self._field_cutter(encoder, encoded, getattr(parts, key) or ""), True]
+                cut, kept, whole = fields[key]
+                if kept == 0:
+                    continue
+                added = marker if whole else 0
+                left = max(0, kept - overflow - added)
+                overflow -= kept - left - added
+                fields[key][1:] = [left, False]
+                parts = replace(parts, **{key: cut(left) + self.truncation_marker})
+                changed = True
+            if not changed:
+                return None
+            formatted = self._render(parts, refined, layout, index, dataset_name)
+            encoded = encoder.encode([formatted], [encoded.template_kwargs])[0]
+            overflow = len(encoded.ids) - self.max_length
+        return encoded
 
-                def cut(kept, value=value, ends=ends):
-                    return value[: ends[kept - 1]] if kept else ""
-
-            else:
-                ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
-                count = len(ids)
-
-                def cut(kept, ids=ids):
-                    return tokenizer.decode(ids[:kept])
-
-            kept, extra = count, marker
-            while len(encoded.ids) > self.max_length and kept > 0:
-                kept = max(0, kept - (len(encoded.ids) - self.max_length) - extra)
-                extra = 0
-                parts = replace(parts, **{key: cut(kept) + self.truncation_marker})
-                formatted = self._render(parts, refined, layout, index, dataset_name)
-                encoded = encoder.encode([formatted], [encoded.template_kwargs])[0]
-            if len(encoded.ids) <= self.max_length:
-                return encoded
-        return None
+    @staticmethod
+    def _field_cutter(encoder: ExampleEncoder, encoded: Encoded, value: str):
+        # A function giving the field's text kept to its first `kept` tokens, and its number of tokens.
+        located = encoder.field_token_ends(encoded, value)
+        if located is not None:
+            text, ends = located
+            return (lambda kept: text[: ends[kept - 1]] if kept else ""), len(ends)
+        tokenizer = encoder.tokenizer
+        ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
+        return (lambda kept: tokenizer.decode(ids[:kept])), len(ids)
 
     def token_ids(
         self,

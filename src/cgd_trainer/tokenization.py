@@ -45,6 +45,7 @@ class Encoded:
         encoding (*optional*): The fast tokenizer's `tokenizers.Encoding` of `text`, which maps tokens to characters.
         formatted (`Mapping`): The `{"prompt", "completion"}` example.
         template_kwargs (`Mapping`): Its `apply_chat_template` arguments.
+        offsets (`list`, *optional*): Each token's character span in `text`, read from the encoding when needed.
     """
 
     ids: list[int]
@@ -53,6 +54,7 @@ class Encoded:
     encoding: Any
     formatted: Mapping[str, Any]
     template_kwargs: Mapping[str, Any]
+    offsets: list[tuple[int, int]] | None = None
 
 
 class ExampleEncoder:
@@ -185,7 +187,9 @@ class ExampleEncoder:
         first, last = encoded.encoding.char_to_token(start), encoded.encoding.char_to_token(end - 1)
         if first is None or last is None:
             return None
-        offsets = encoded.encoding.offsets
+        if encoded.offsets is None:
+            encoded.offsets = encoded.encoding.offsets
+        offsets = encoded.offsets
         ends = [min(offsets[k][1], end) - start for k in range(first, last + 1)]
         return candidate, ends
 
