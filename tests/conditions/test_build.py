@@ -892,3 +892,30 @@ def test_keys_that_first_appear_on_the_last_rows(tmp_path):
     cgd = read_jsonl(out / "cgd.jsonl")
     assert len(cgd) == 3000 and cgd[0]["reference_answer"] is None
     assert cgd[-1]["reference_answer"] == records[-1]["reference_answer"]
+
+
+def test_each_condition_is_written_while_it_is_built(tmp_path, monkeypatch):
+    # At paper scale the records' text must be held once: no condition keeps its rows once they are in its files,
+    # and the exports are written row by row in the layout `json.dump(rows, indent=2)` gives.
+    from cgd_trainer.conditions import builders
+
+    built = []
+    original = builders.ConditionSet.add
+
+    def add(self, row, prompt, target, verdict):
+        if not built or built[-1] is not self:
+            built.append(self)
+        # Every condition built before this one is complete on disk already.
+        for earlier in built[:-1]:
+            assert len(read_jsonl(tmp_path / "out" / f"{earlier.name}.jsonl")) == earlier.count
+        original(self, row, prompt, target, verdict)
+
+    monkeypatch.setattr(builders.ConditionSet, "add", add)
+    summary, out = run_build(tmp_path, export=["alpaca", "messages"])
+    assert [s.name for s in built] == [name for name, c in summary["conditions"].items() if "skipped" not in c]
+    for condition in built:
+        assert condition.rows == [] and condition.prompts == [] and condition.targets == []
+        assert summary["conditions"][condition.name]["records"] == condition.count > 0
+        text = (out / "alpaca" / f"{condition.name}.json").read_text(encoding="utf-8")
+        assert text == json.dumps(json.loads(text), ensure_ascii=False, indent=2) + "\n"
+        assert len(read_jsonl(out / "messages" / f"{condition.name}.jsonl")) == condition.count

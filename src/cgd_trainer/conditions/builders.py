@@ -40,20 +40,54 @@ class ConditionSettings(Protocol):
     ratio_size: int | None
 
 
+class RowSink(Protocol):
+    """Where a condition's rows go as they are built (see `writers.SetWriter`)."""
+
+    def write(self, row: dict, prompt: list[dict], target: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ConditionSet:
-    """The records of one condition, what was dropped, and the texts its statistics are computed from."""
+    """
+    One condition as it is built: what was dropped, and the numbers its statistics are computed from. Its rows go to
+    `sink` one by one when it has one (`cgd build` writes them to the files at once, so that no condition's rows are
+    held in memory); without one they are kept in `rows`, `prompts` and `targets`.
+    """
 
     name: str
     family: str  # "cgd" (CGD columns) or "chat" (prompt-completion)
+    sink: RowSink | None = None
+    count: int = 0
     rows: list[dict] = field(default_factory=list)
     prompts: list[list[dict]] = field(default_factory=list)  # each row's context, as chat messages
-    contexts: list[str] = field(default_factory=list)  # the same as text, for the statistics
     targets: list[str] = field(default_factory=list)
+    # Characters and words of each row's context (its messages joined by blank lines) and target.
+    context_lengths: list[tuple[int, int]] = field(default_factory=list)
+    target_lengths: list[tuple[int, int]] = field(default_factory=list)
     verdicts: list[str | None] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, row: dict, prompt: list[dict], target: str, verdict: str | None) -> None:
+        """Adds one row, with its context as chat messages, its target and its record's verdict."""
+        self.count += 1
+        context = "\n\n".join(message["content"] for message in prompt)
+        self.context_lengths.append((len(context), len(context.split())))
+        self.target_lengths.append((len(target), len(target.split())))
+        self.verdicts.append(verdict)
+        if self.sink is not None:
+            self.sink.write(row, prompt, target)
+        else:
+            self.rows.append(row)
+            self.prompts.append(prompt)
+            self.targets.append(target)
+
+
+# Opens the sink of a condition that is about to be built from this many records (`cgd build`: its files).
+OpenSink = Callable[[ConditionSet, int], RowSink]
 
 
 def cgd_context(record: Mapping[str, Any], fmt: RecordFormat | None = None) -> str:
@@ -90,26 +124,18 @@ def _cgd_row(record: Mapping[str, Any], with_reference: bool, **overrides: Any) 
     return row
 
 
-def _add(out: ConditionSet, row: dict, prompt: list[dict], target: str, verdict: str | None) -> None:
-    out.rows.append(row)
-    out.prompts.append(prompt)
-    out.contexts.append("\n\n".join(message["content"] for message in prompt))
-    out.targets.append(target)
-    out.verdicts.append(verdict)
-
-
 def _add_cgd(
     out: ConditionSet, record: Mapping[str, Any], render: Render, with_reference: bool, **overrides: Any
 ) -> None:
     row = _cgd_row(record, with_reference, **overrides)
-    _add(out, row, render("cgd", row), row["refined_response"], record["verdict"])
+    out.add(row, render("cgd", row), row["refined_response"], record["verdict"])
 
 
 def _add_chat(out: ConditionSet, record: Mapping[str, Any], render: Render, kind: str, target: str) -> None:
     """A prompt-completion row: the context of `kind` for the record, and the target."""
     prompt = render(kind, record)
     row = {"id": record["id"], "prompt": prompt, "completion": [{"role": "assistant", "content": target}]}
-    _add(out, row, prompt, target, record["verdict"])
+    out.add(row, prompt, target, record["verdict"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,7 +338,11 @@ def _build_generic_critique(
 
 
 def make_condition(
-    name: str, records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
+    name: str,
+    records: Sequence[dict],
+    config: ConditionSettings,
+    info: Mapping[str, Any],
+    open_sink: OpenSink | None = None,
 ) -> ConditionSet:
     """
     Builds one condition from the (filtered) records. Every row keeps its record's id and, for the CGD-family
@@ -324,9 +354,11 @@ def make_condition(
         records (`Sequence[dict]`): Records as returned by [`load_records`].
         config ([`BuildConfig`]): The build settings (seed, generic critique, instructions).
         info (`Mapping[str, Any]`): Facts about the input (`has_reference`, `has_refined`).
+        open_sink (`OpenSink`, *optional*): Opens where the rows go once the condition is known to be built, and
+            closes it after the last row; without it the rows are kept in the set.
 
     Returns:
-        [`ConditionSet`]: the rows to write, or `skipped` with the reason.
+        [`ConditionSet`]: the condition's statistics (and rows, without a sink), or `skipped` with the reason.
     """
     condition = CONDITION_BUILDERS.get(name)
     if condition is None:
@@ -337,17 +369,24 @@ def make_condition(
         if reason is not None:
             out.skipped = reason
             return out
-    condition.builder(out, records, config, info)
+    if open_sink is not None:
+        out.sink = open_sink(out, len(records))
+    try:
+        condition.builder(out, records, config, info)
+    finally:
+        if out.sink is not None:
+            out.sink.close()
     for reason, count in out.dropped.items():
         logger.warning(f"{name}: dropped {count} records ({reason.replace('_', ' ')}).")
     return out
 
 
 def make_ratio_subsets(
-    records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any]
+    records: Sequence[dict], config: ConditionSettings, info: Mapping[str, Any], open_sink: OpenSink | None = None
 ) -> tuple[list[ConditionSet], dict]:
     """
-    Builds the verdict-ratio subsets (CGD columns) of `config.ratios`.
+    Builds the verdict-ratio subsets (CGD columns) of `config.ratios`, each into its sink when `open_sink` is given
+    (see [`make_condition`]).
 
     Returns:
         `tuple[list[ConditionSet], dict]`: one set per ratio, and a report (`size`, available right/wrong records,
@@ -376,8 +415,14 @@ def make_ratio_subsets(
     sets = []
     for ratio, indices in subsets.items():
         out = ConditionSet(ratio_name(ratio), "cgd")
-        for index in indices:
-            _add_cgd(out, records[index], render, info["has_reference"])
+        if open_sink is not None:
+            out.sink = open_sink(out, len(indices))
+        try:
+            for index in indices:
+                _add_cgd(out, records[index], render, info["has_reference"])
+        finally:
+            if out.sink is not None:
+                out.sink.close()
         right, wrong = ratio_counts(size, ratio)
         out.extra = {"ratio": f"{ratio[0]}/{ratio[1]}", "right": right, "wrong": wrong}
         sets.append(out)

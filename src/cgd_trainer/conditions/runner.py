@@ -15,7 +15,7 @@ from .builders import make_condition, make_ratio_subsets
 from .config import CONDITIONS, BuildConfig
 from .filters import decontaminate_records, filter_correct_records
 from .readers import load_records
-from .writers import condition_summary, export_sets, push_dataset_to_hub, render_card, verdict_counts
+from .writers import BuildWriter, condition_summary, push_dataset_to_hub, render_card, verdict_counts
 
 logger = logging.getLogger(__name__)
 
@@ -65,25 +65,22 @@ def build(config: BuildConfig) -> dict[str, Any]:
     if not records:
         raise ValueError(f"No record of {info['path']} is left after filtering: {summary['filters']}.")
 
-    sets = [make_condition(name, records, config, info) for name in config.conditions]
-    ratio_sets, summary["ratios"] = make_ratio_subsets(records, config, info)
+    # Each condition is written while it is built, so that only the records are held in memory, not every set's rows.
+    writer = BuildWriter(output_dir, config.export, record_format(config))
+    sets = [make_condition(name, records, config, info, writer.open) for name in config.conditions]
+    ratio_sets, summary["ratios"] = make_ratio_subsets(records, config, info, writer.open)
     sets += ratio_sets
-    written = []
     for out in sets:
         if out.skipped:
             logger.warning(f"{out.name}: not built, {out.skipped}.")
-            continue
-        write_jsonl(output_dir / f"{out.name}.jsonl", out.rows)
-        written.append(out)
+    written = [out for out in sets if not out.skipped]
     if not info["has_refined"]:
         # CFT imports: the records, ready for the refine stage of the generation pipeline.
         columns = ("id", "prompt", "initial_response", "critique", "verdict")
         write_jsonl(output_dir / "imported.jsonl", ({key: r[key] for key in columns} for r in records))
         summary["imported"] = {"file": "imported.jsonl", "records": len(records)}
     summary["conditions"] = {out.name: condition_summary(out) for out in sets}
-    summary["exports"] = (
-        export_sets(output_dir, written, config.export, record_format(config)) if config.export else {}
-    )
+    summary["exports"] = writer.exports_report() if config.export else {}
     summary["output_dir"] = str(output_dir)
     summary["config"] = asdict(config)
 

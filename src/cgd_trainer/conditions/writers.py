@@ -7,13 +7,14 @@ import json
 import logging
 import math
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..record_format import RecordFormat, RecordParts
-from ..sources import read_rows, write_jsonl
+from ..sources import dumps_row, read_rows
 from .builders import CONDITION_BUILDERS, ConditionSet
 from .readers import split_sections
 
@@ -23,80 +24,152 @@ logger = logging.getLogger(__name__)
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
+def alpaca_row(family: str, row: Mapping[str, Any], fmt: RecordFormat) -> dict:
+    """
+    One row in LLaMA-Factory's Alpaca format: a CGD-family row gets the CGD instruction and the labelled sections as
+    `input`; a prompt-completion row gets the user turn as `instruction` and an empty `input`.
+    """
+    if family == "cgd":
+        parts = RecordParts.of(row["prompt"], row["initial_response"], row["critique"])
+        return {"instruction": fmt.instruction, "input": fmt.sections(parts), "output": row["refined_response"]}
+    return {"instruction": row["prompt"][0]["content"], "input": "", "output": row["completion"][0]["content"]}
+
+
+def messages_row(prompt: list[dict], target: str) -> dict:
+    """One row as `{"messages": [*context, answer]}`, CGD-family contexts as `CGDTrainer` renders them."""
+    return {"messages": [*prompt, {"role": "assistant", "content": target}]}
+
+
 def alpaca_rows(out: ConditionSet, fmt: RecordFormat | None = None) -> list[dict]:
-    """
-    The condition in LLaMA-Factory's Alpaca format: CGD-family rows get the CGD instruction (`fmt`'s, the library's by
-    default) and the labelled sections as `input`; prompt-completion rows get the user turn as `instruction` and an
-    empty `input`.
-    """
-    if out.family == "cgd":
-        fmt = fmt or RecordFormat()
-        return [
-            {
-                "instruction": fmt.instruction,
-                "input": fmt.sections(RecordParts.of(row["prompt"], row["initial_response"], row["critique"])),
-                "output": row["refined_response"],
-            }
-            for row in out.rows
-        ]
-    return [
-        {"instruction": row["prompt"][0]["content"], "input": "", "output": row["completion"][0]["content"]}
-        for row in out.rows
-    ]
+    """The kept rows of a condition built without a sink, in LLaMA-Factory's Alpaca format (see [`alpaca_row`])."""
+    return [alpaca_row(out.family, row, fmt or RecordFormat()) for row in out.rows]
 
 
 def messages_rows(out: ConditionSet) -> list[dict]:
-    """The condition as `{"messages": [*context, answer]}` rows, CGD-family contexts as `CGDTrainer` renders them."""
-    return [
-        {"messages": [*prompt, {"role": "assistant", "content": target}]}
-        for prompt, target in zip(out.prompts, out.targets)
-    ]
+    """The kept rows of a condition built without a sink, as `messages` rows (see [`messages_row`])."""
+    return [messages_row(prompt, target) for prompt, target in zip(out.prompts, out.targets)]
+
+
+class SetWriter:
+    """
+    Writes one condition's rows as they are built: `<name>.jsonl` (unless `main_file` is off) and, for the export
+    formats asked for, `alpaca/<name>.json` (one JSON array, written element by element) and `messages/<name>.jsonl`.
+    Shows the rows written as a progress bar.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        out: ConditionSet,
+        formats: Sequence[str],
+        fmt: RecordFormat,
+        total: int | None = None,
+        main_file: bool = True,
+    ):
+        from tqdm.auto import tqdm
+
+        self.out, self.fmt, self.ambiguous = out, fmt, 0
+        self.main = open(output_dir / f"{out.name}.jsonl", "w", encoding="utf-8") if main_file else None
+        self.alpaca = self.messages = None
+        if "alpaca" in formats:
+            self.alpaca = open(output_dir / "alpaca" / f"{out.name}.json", "w", encoding="utf-8")
+            self.alpaca.write("[")
+        if "messages" in formats:
+            self.messages = open(output_dir / "messages" / f"{out.name}.jsonl", "w", encoding="utf-8")
+        self.progress = tqdm(total=total, desc=f"cgd build: {out.name}", unit=" rows", leave=False)
+
+    def write(self, row: dict, prompt: list[dict], target: str) -> None:
+        if self.main is not None:
+            self.main.write(dumps_row(row))
+        if self.alpaca is not None:
+            item = alpaca_row(self.out.family, row, self.fmt)
+            # The layout `json.dump(rows, indent=2)` gives, one element at a time.
+            self.alpaca.write(("\n" if self.progress.n == 0 else ",\n") + textwrap.indent(_pretty(item), "  "))
+            # A question or draft that itself contains a section header cannot be split back unambiguously.
+            if self.out.family == "cgd" and split_sections(item["input"]) != (
+                row["prompt"],
+                row["initial_response"],
+                row["critique"],
+            ):
+                self.ambiguous += 1
+        if self.messages is not None:
+            self.messages.write(dumps_row(messages_row(prompt, target)))
+        self.progress.update()
+
+    def close(self) -> None:
+        if self.alpaca is not None:
+            self.alpaca.write("\n]\n" if self.progress.n else "]\n")
+        for handle in (self.main, self.alpaca, self.messages):
+            if handle is not None:
+                handle.close()
+        self.progress.close()
+
+
+def _pretty(item: Mapping[str, Any]) -> str:
+    return json.dumps(item, ensure_ascii=False, indent=2)
+
+
+class BuildWriter:
+    """
+    The files of a build, written condition by condition as each is built (see [`SetWriter`]), and the export
+    report with `alpaca/dataset_info.json` once every condition is written.
+
+    Args:
+        output_dir (`Path`): The build's folder.
+        formats (`Sequence[str]`): Export formats, among `alpaca` and `messages`.
+        fmt ([`~record_format.RecordFormat`]): The wording of the Alpaca rows' instruction.
+        main_file (`bool`, *optional*, defaults to `True`): Write `<name>.jsonl` too (off for exports alone).
+    """
+
+    def __init__(self, output_dir: Path, formats: Sequence[str], fmt: RecordFormat, main_file: bool = True):
+        self.output_dir, self.formats, self.fmt, self.main_file = output_dir, list(formats), fmt, main_file
+        self.written: list[SetWriter] = []
+        for name in self.formats:
+            (output_dir / name).mkdir(parents=True, exist_ok=True)
+
+    def open(self, out: ConditionSet, total: int | None = None) -> SetWriter:
+        writer = SetWriter(self.output_dir, out, self.formats, self.fmt, total, self.main_file)
+        self.written.append(writer)
+        return writer
+
+    def exports_report(self) -> dict:
+        """Writes `alpaca/dataset_info.json`; returns the files written per format and the ambiguous Alpaca rows."""
+        report: dict[str, Any] = {}
+        names = [writer.out.name for writer in self.written]
+        if "alpaca" in self.formats:
+            dataset_info = {name: {"file_name": f"{name}.json", "columns": dict(ALPACA_COLUMNS)} for name in names}
+            with open(self.output_dir / "alpaca" / "dataset_info.json", "w", encoding="utf-8") as handle:
+                json.dump(dataset_info, handle, ensure_ascii=False, indent=2)
+                handle.write("\n")
+            ambiguous = {w.out.name: w.ambiguous for w in self.written if w.ambiguous}
+            for name, bad in ambiguous.items():
+                logger.warning(f"alpaca/{name}.json: {bad} rows contain a section header in their text.")
+            report["alpaca"] = {
+                "files": [f"alpaca/{name}.json" for name in names] + ["alpaca/dataset_info.json"],
+                "not_round_trippable": ambiguous,
+            }
+        if "messages" in self.formats:
+            report["messages"] = {"files": [f"messages/{name}.jsonl" for name in names]}
+        return report
 
 
 def export_sets(
     output_dir: Path, sets: Sequence[ConditionSet], formats: Sequence[str], fmt: RecordFormat | None = None
 ) -> dict:
     """
-    Writes `alpaca/<name>.json` with `alpaca/dataset_info.json`, and/or `messages/<name>.jsonl`, for each set (the
-    Alpaca rows of the CGD family with `fmt`'s instruction).
+    Writes `alpaca/<name>.json` with `alpaca/dataset_info.json`, and/or `messages/<name>.jsonl`, for each set built
+    without a sink (`cgd build` writes its exports while it builds, with [`BuildWriter`]).
 
     Returns:
         `dict`: the files written per format, and for Alpaca the rows whose sections would not parse back.
     """
-    report: dict[str, Any] = {}
-    if "alpaca" in formats:
-        folder = output_dir / "alpaca"
-        folder.mkdir(parents=True, exist_ok=True)
-        dataset_info, ambiguous = {}, {}
-        for out in sets:
-            rows = alpaca_rows(out, fmt)
-            with open(folder / f"{out.name}.json", "w", encoding="utf-8") as handle:
-                json.dump(rows, handle, ensure_ascii=False, indent=2)
-                handle.write("\n")
-            dataset_info[out.name] = {"file_name": f"{out.name}.json", "columns": dict(ALPACA_COLUMNS)}
-            if out.family == "cgd":
-                # A question or draft that itself contains a section header cannot be split back unambiguously.
-                bad = sum(
-                    split_sections(row["input"]) != (source["prompt"], source["initial_response"], source["critique"])
-                    for row, source in zip(rows, out.rows)
-                )
-                if bad:
-                    ambiguous[out.name] = bad
-                    logger.warning(f"alpaca/{out.name}.json: {bad} rows contain a section header in their text.")
-        with open(folder / "dataset_info.json", "w", encoding="utf-8") as handle:
-            json.dump(dataset_info, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        report["alpaca"] = {
-            "files": [f"alpaca/{out.name}.json" for out in sets] + ["alpaca/dataset_info.json"],
-            "not_round_trippable": ambiguous,
-        }
-    if "messages" in formats:
-        folder = output_dir / "messages"
-        folder.mkdir(parents=True, exist_ok=True)
-        for out in sets:
-            write_jsonl(folder / f"{out.name}.jsonl", messages_rows(out))
-        report["messages"] = {"files": [f"messages/{out.name}.jsonl" for out in sets]}
-    return report
+    writer = BuildWriter(output_dir, formats, fmt or RecordFormat(), main_file=False)
+    for out in sets:
+        sink = writer.open(out, len(out.rows))
+        for row, prompt, target in zip(out.rows, out.prompts, out.targets, strict=True):
+            sink.write(row, prompt, target)
+        sink.close()
+    return writer.exports_report()
 
 
 def describe(values: Sequence[float]) -> dict[str, float | None]:
@@ -112,9 +185,9 @@ def describe(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def length_stats(texts: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """[`describe`] of the lengths of texts in characters and in whitespace-separated words."""
-    return {"chars": describe([len(text) for text in texts]), "words": describe([len(text.split()) for text in texts])}
+def length_stats(lengths: Sequence[tuple[int, int]]) -> dict[str, dict[str, float | None]]:
+    """[`describe`] of texts' lengths, given as `(characters, whitespace-separated words)` pairs."""
+    return {"chars": describe([chars for chars, _ in lengths]), "words": describe([words for _, words in lengths])}
 
 
 def verdict_counts(verdicts: Iterable[str | None]) -> dict[str, Any]:
@@ -136,10 +209,10 @@ def condition_summary(out: ConditionSet) -> dict[str, Any]:
     return {
         "file": f"{out.name}.jsonl",
         "format": "cgd columns" if out.family == "cgd" else "prompt-completion",
-        "records": len(out.rows),
+        "records": out.count,
         "dropped": dict(out.dropped),
         "verdicts": verdict_counts(out.verdicts),
-        "lengths": {"context": length_stats(out.contexts), "target": length_stats(out.targets)},
+        "lengths": {"context": length_stats(out.context_lengths), "target": length_stats(out.target_lengths)},
         **out.extra,
     }
 
