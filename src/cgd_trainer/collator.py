@@ -369,47 +369,60 @@ class CritiqueCollator(DataCollatorMixin):
     def _shorten(self, example, layout, index, dataset_name, encoder, encoded, record_format) -> Encoded | None:
         # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
         # long. Each round plans every cut the overflow needs from the current encoding (a field's tokens are read
-        # from it where the field can be found there), then renders and tokenizes once; a second round is rare.
+        # from it where the field can be found there), then renders once; the first round's text is tokenized only
+        # around the cuts where that can be relied on (`ExampleEncoder.respliced`), and a second round is rare.
         tokenizer = encoder.tokenizer
         refined = example[self.refined_response_field]
         parts = record_format.parts(example)
         # Cutting a field also adds the marker, whose tokens count against the room it frees.
         marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
-        fields = {}  # key -> [cut(kept) -> text, tokens kept]; a field is read while it is still whole
+        fields = {}  # key -> [cut(kept) -> text, tokens kept, whole, span in the first text]
         overflow = len(encoded.ids) - self.max_length
+        first_round = True
         while overflow > 0:
-            changed = False
+            replacements = []
             for key in SHORTEN_ORDER:
                 if overflow <= 0:
                     break
                 if key not in fields:
-                    fields[key] = [*self._field_cutter(encoder, encoded, getattr(parts, key) or ""), True]
-                cut, kept, whole = fields[key]
+                    # A field is read while it is still whole.
+                    cut, count, span = self._field_cutter(encoder, encoded, getattr(parts, key) or "")
+                    fields[key] = [cut, count, True, span]
+                cut, kept, whole, span = fields[key]
                 if kept == 0:
                     continue
                 added = marker if whole else 0
                 left = max(0, kept - overflow - added)
                 overflow -= kept - left - added
-                fields[key][1:] = [left, False]
+                fields[key][1:3] = [left, False]
                 parts = replace(parts, **{key: cut(left) + self.truncation_marker})
-                changed = True
-            if not changed:
+                replacements.append((*span, cut(left) + self.truncation_marker) if span else None)
+            if not replacements:
                 return None
             formatted = self._render(parts, refined, layout, index, dataset_name)
-            encoded = encoder.encode([formatted], [encoded.template_kwargs])[0]
+            spliced = None
+            if first_round and None not in replacements:
+                spliced = encoder.respliced(encoded, formatted, replacements)
+            exhausted = len(fields) == len(SHORTEN_ORDER) and all(field[1] == 0 for field in fields.values())
+            if spliced is not None and len(spliced.ids) > self.max_length and exhausted:
+                return None  # nothing is left to cut: the refined answer alone is too long
+            if spliced is None or len(spliced.ids) > self.max_length:
+                spliced = encoder.encode([formatted], [encoded.template_kwargs])[0]
+            encoded, first_round = spliced, False
             overflow = len(encoded.ids) - self.max_length
         return encoded
 
     @staticmethod
     def _field_cutter(encoder: ExampleEncoder, encoded: Encoded, value: str):
-        # A function giving the field's text kept to its first `kept` tokens, and its number of tokens.
+        # A function giving the field's text kept to its first `kept` tokens, its number of tokens, and where it lies
+        # in the example's text (None when it was tokenized on its own).
         located = encoder.field_token_ends(encoded, value)
         if located is not None:
-            text, ends = located
-            return (lambda kept: text[: ends[kept - 1]] if kept else ""), len(ends)
+            text, start, ends = located
+            return (lambda kept: text[: ends[kept - 1]] if kept else ""), len(ends), (start, start + len(text))
         tokenizer = encoder.tokenizer
         ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
-        return (lambda kept: tokenizer.decode(ids[:kept])), len(ids)
+        return (lambda kept: tokenizer.decode(ids[:kept])), len(ids), None
 
     def token_ids(
         self,

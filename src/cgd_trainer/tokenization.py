@@ -46,6 +46,7 @@ class Encoded:
         formatted (`Mapping`): The `{"prompt", "completion"}` example.
         template_kwargs (`Mapping`): Its `apply_chat_template` arguments.
         offsets (`list`, *optional*): Each token's character span in `text`, read from the encoding when needed.
+        start (`int`, *optional*): Where the completion starts, when it is known without an encoding.
     """
 
     ids: list[int]
@@ -55,6 +56,7 @@ class Encoded:
     formatted: Mapping[str, Any]
     template_kwargs: Mapping[str, Any]
     offsets: list[tuple[int, int]] | None = None
+    start: int | None = None
 
 
 class ExampleEncoder:
@@ -146,9 +148,11 @@ class ExampleEncoder:
         Where the completion starts in `encoded.ids`: the length of the common prefix of the prompt's tokens and the
         whole example's tokens, as TRL computes it.
         """
-        start = self._start_from_encoding(encoded)
-        if start is not None:
-            return start
+        if encoded.start is not None:
+            return encoded.start
+        found = self._start_from_encoding(encoded)
+        if found is not None:
+            return found[0]
         return common_prefix_length(self.prompt_ids(encoded), encoded.ids)
 
     def prompt_ids(self, encoded: Encoded) -> list[int]:
@@ -161,7 +165,7 @@ class ExampleEncoder:
             return list(trl_tokenize(self.processing_class, prompt, **kwargs)["input_ids"])
         return list(self.tokenizer(encoded.prompt_text, add_special_tokens=self.add_special_tokens)["input_ids"])
 
-    def field_token_ends(self, encoded: Encoded, value: str) -> tuple[str, list[int]] | None:
+    def field_token_ends(self, encoded: Encoded, value: str) -> tuple[str, int, list[int]] | None:
         """
         The tokens of one context field inside the example, read from its encoding.
 
@@ -170,9 +174,9 @@ class ExampleEncoder:
             value (`str`): The field's text as given to the renderer.
 
         Returns:
-            `tuple` or `None`: the field's text as it appears in the example (a template may strip it) and, for each of
-            its tokens, where the token ends in that text. `None` when the field cannot be located unambiguously (then
-            the field is tokenized on its own).
+            `tuple` or `None`: the field's text as it appears in the example (a template may strip it), where it
+            starts in the example's text and, for each of its tokens, where the token ends in the field's text. `None`
+            when the field cannot be located unambiguously (then the field is tokenized on its own).
         """
         if encoded.encoding is None or not value:
             return None
@@ -191,7 +195,7 @@ class ExampleEncoder:
             encoded.offsets = encoded.encoding.offsets
         offsets = encoded.offsets
         ends = [min(offsets[k][1], end) - start for k in range(first, last + 1)]
-        return candidate, ends
+        return candidate, start, ends
 
     def _joined(self, example: Mapping[str, Any]) -> Any:
         prompt, completion = example["prompt"], example["completion"]
@@ -200,9 +204,10 @@ class ExampleEncoder:
         eos = self.tokenizer.eos_token
         return prompt + completion + (eos if eos and not completion.endswith(eos) else "")
 
-    def _start_from_encoding(self, encoded: Encoded) -> int | None:
+    def _start_from_encoding(self, encoded: Encoded) -> tuple[int, int] | None:
         # The prompt's tokens are the example's tokens up to a point where tokenization cannot depend on what follows,
-        # then the tokens of the text after that point. None: no such point; the caller tokenizes the prompt.
+        # then the tokens of the text after that point. Returns the completion's start and that point's token index;
+        # None: no such point, and the caller tokenizes the prompt.
         encoding, prompt, ids = encoded.encoding, encoded.prompt_text, encoded.ids
         if encoding is None or not prompt or not encoded.text.startswith(prompt):
             return None
@@ -219,7 +224,7 @@ class ExampleEncoder:
                 tail = self._tail(self._added[ids[j]], prompt[span[1] :])
                 if tail is None:
                     return None
-                return j + 1 + common_prefix_length(tail, ids[j + 1 : j + 2 + len(tail)])
+                return j + 1 + common_prefix_length(tail, ids[j + 1 : j + 2 + len(tail)]), j + 1
             word = encoding.token_to_word(j)
             if (
                 word is not None
@@ -235,18 +240,135 @@ class ExampleEncoder:
                 size = size[1] - size[0] if size is not None else 1
                 if tail is None or tail[:size] != ids[j : j + size]:
                     return None
-                return j + common_prefix_length(tail, ids[j : j + 1 + len(tail)])
+                return j + common_prefix_length(tail, ids[j : j + 1 + len(tail)]), j
+        return None
+
+    def respliced(
+        self, encoded: Encoded, formatted: Mapping[str, Any], replacements: Sequence[tuple[int, int, str]]
+    ) -> Encoded | None:
+        """
+        Tokenizes an example whose text is `encoded.text` with some spans replaced (a shortened record: each cut field
+        is a span), by tokenizing only a window around each span and keeping the example's other tokens.
+
+        A window starts where tokenization cannot depend on what comes before (after a special token, or at a word two
+        words before the span) and ends where it cannot depend on what comes after (at a special token, or two words
+        after the span); the window's first and last words must give the tokens they had in the example. Where any of
+        this cannot be checked, `None` is returned and the caller tokenizes the whole text.
+
+        Args:
+            encoded ([`Encoded`]): The example before the replacements, with its encoding.
+            formatted (`Mapping`): The `{"prompt", "completion"}` example after them.
+            replacements (`Sequence[tuple[int, int, str]]`): `(start, end, text)` spans of `encoded.text`.
+
+        Returns:
+            [`Encoded`] or `None`.
+        """
+        encoding, ids, text = encoded.encoding, encoded.ids, encoded.text
+        if encoding is None or not replacements:
+            return None
+        replacements = sorted(replacements)
+        whole, alone = self.texts(formatted, encoded.template_kwargs)
+        pieces, last = [], 0
+        for start, end, new in replacements:
+            if start < last:
+                return None
+            pieces += [text[last:start], new]
+            last = end
+        if "".join(pieces) + text[last:] != whole:
+            return None
+        windows = []  # [first token, context, first char, guard the first word, last token, tokens checked, last char]
+        for start, end, _ in replacements:
+            left, right = self._stable_before(encoded, start), self._stable_after(encoded, end)
+            if left is None or right is None:
+                return None
+            if windows and left[0] < windows[-1][4] + windows[-1][5]:
+                windows[-1][4:] = right  # overlapping windows: one window over both spans
+            else:
+                windows.append([*left, *right])
+        found = self._start_from_encoding(encoded)
+        if found is None or found[1] < windows[-1][4] + windows[-1][5]:
+            return None  # the completion's start would have to be found again
+        new_ids, kept_from = [], 0
+        for first, context, first_char, guard, last, checked, last_char in windows:
+            chunk = []
+            position = first_char
+            for start, end, new in replacements:
+                if first_char <= start and end <= last_char:
+                    chunk += [text[position:start], new]
+                    position = end
+            chunk.append(text[position:last_char])
+            window_ids = self._tokens_after(context, "".join(chunk))
+            if window_ids is None or window_ids[len(window_ids) - checked :] != ids[last : last + checked]:
+                return None
+            if guard:
+                word = encoding.token_to_word(first)
+                span = encoding.word_to_tokens(word) if word is not None else None
+                size = span[1] - span[0] if span is not None else 1
+                if window_ids[:size] != ids[first : first + size]:
+                    return None
+            new_ids += ids[kept_from:first] + window_ids[: len(window_ids) - checked]
+            kept_from = last
+        new_ids += ids[kept_from:]
+        shifted = found[0] + len(new_ids) - len(ids)
+        return Encoded(new_ids, whole, alone, None, formatted, encoded.template_kwargs, start=shifted)
+
+    def _stable_before(self, encoded: Encoded, char: int) -> tuple[int, str | None, int, bool] | None:
+        # A token before `char` from which the text can be tokenized apart: (its index, the special token to tokenize
+        # after, its first character, whether the first word must be checked).
+        encoding, ids = encoded.encoding, encoded.ids
+        token = encoding.char_to_token(char)
+        word_at = encoding.token_to_word(token) if token is not None else None
+        if token is None:
+            return None
+        for j in range(token, max(0, token - _LOOK_BACK), -1):
+            if ids[j - 1] in self._added:
+                span = encoding.token_to_chars(j - 1)
+                if span is None:
+                    return None
+                return j, self._added[ids[j - 1]], span[1], False
+            word = encoding.token_to_word(j)
+            if word is not None and word_at is not None and word <= word_at - _WORDS_BACK:
+                if encoding.token_to_word(j - 1) != word:
+                    span = encoding.token_to_chars(j)
+                    return (j, self._context, span[0], True) if span is not None else None
+        return None
+
+    def _stable_after(self, encoded: Encoded, char: int) -> tuple[int, int, int] | None:
+        # A token at or after `char` from which the rest is tokenized as before: (its index, how many tokens from it
+        # the window must end with, the character where the window ends).
+        encoding, ids = encoded.encoding, encoded.ids
+        token = encoding.char_to_token(char - 1)
+        if token is None:
+            return None
+        word_at = encoding.token_to_word(token)
+        for j in range(token + 1, min(len(ids), token + 1 + _LOOK_BACK)):
+            if ids[j] in self._added:
+                span = encoding.token_to_chars(j)
+                return (j, 1, span[1]) if span is not None else None
+            word = encoding.token_to_word(j)
+            if word is not None and word_at is not None and word >= word_at + _WORDS_BACK:
+                if encoding.token_to_word(j - 1) != word:
+                    # Check this word and the next (the window's last word may split otherwise at its end).
+                    span = encoding.word_to_tokens(word + 1) or encoding.word_to_tokens(word)
+                    if span is None:
+                        return None
+                    chars = encoding.token_to_chars(span[1] - 1)
+                    return (j, span[1] - j, chars[1]) if chars is not None else None
         return None
 
     def _tail(self, context: str | None, text: str) -> list[int] | None:
-        # The tokens of `text` when it follows the special token `context` (or starts a text, without one).
+        # `_tokens_after`, kept for the texts that recur (a chat template's generation prompt).
         key = (context, text)
         if key not in self._tails:
             if len(self._tails) >= _TAIL_CACHE:
                 self._tails.clear()
-            ids = self.tokenizer((context or "") + text, add_special_tokens=False)["input_ids"]
-            if context is not None:
-                lead = self.tokenizer(context, add_special_tokens=False)["input_ids"]
-                ids = ids[len(lead) :] if len(lead) == 1 and ids[:1] == lead else None
-            self._tails[key] = ids
+            self._tails[key] = self._tokens_after(context, text)
         return self._tails[key]
+
+    def _tokens_after(self, context: str | None, text: str) -> list[int] | None:
+        # The tokens of `text` when it follows the special token `context` (or starts a text, without one).
+        ids = self.tokenizer((context or "") + text, add_special_tokens=False)["input_ids"]
+        if context is None:
+            return ids
+        lead = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        return ids[len(lead) :] if len(lead) == 1 and ids[:1] == lead else None
