@@ -41,6 +41,49 @@ def paper_like_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
+def maths_like_records(n: int, seed: int = 0) -> list[dict]:
+    """
+    CGD records with the paper's length mix in words, written like worked maths: sentences with numbers, inline
+    LaTeX, step labels and line breaks, drawn from a pool so that 100K records are made in seconds. With a real
+    vocabulary this gives about 1.5 tokens a word, near what real solutions give; the text is meaningless.
+    """
+    rng = random.Random(seed)
+    words = sorted({w for r in generate_records(64, seed=1) for w in r["refined_response"].split() if w.isalpha()})
+    forms = [
+        lambda: f"Step {rng.randint(1, 12)}: {' '.join(rng.choices(words, k=rng.randint(4, 12)))}.",
+        lambda: (
+            f"We have ${rng.randint(2, 99)} \\times {rng.randint(2, 99)} = {rng.randint(100, 9999)}$, so "
+            f"{' '.join(rng.choices(words, k=rng.randint(3, 8)))}."
+        ),
+        lambda: (
+            f"Then $\\frac{{{rng.randint(1, 30)}}}{{{rng.randint(2, 40)}}} + x = {rng.randint(1, 99)}$ gives "
+            f"$x = {rng.uniform(0, 50):.2f}$."
+        ),
+        lambda: (
+            f"{' '.join(rng.choices(words, k=rng.randint(6, 16))).capitalize()}, which leaves {rng.randint(0, 500)}."
+        ),
+        lambda: f"The answer is $\\boxed{{{rng.randint(0, 999)}}}$.",
+    ]
+    pool = [rng.choice(forms)() + rng.choice([" ", " ", "\n", "\n\n"]) for _ in range(4096)]
+    sizes = [len(sentence.split()) for sentence in pool]
+
+    def text(bounds: tuple[int, int]) -> str:
+        target, parts, count = rng.randint(*bounds), [], 0
+        while count < target:
+            k = rng.randrange(len(pool))
+            parts.append(pool[k])
+            count += sizes[k]
+        return "".join(parts).strip()
+
+    records = []
+    for index in range(n):
+        record = {field: text(bounds) for field, bounds in PAPER_LENGTHS.items()}
+        record["prompt"] = f"Question {index}: {record['prompt']}"
+        record["critique"] += "\nConclusion: wrong"
+        records.append(record)
+    return records
+
+
 def bench_config(output_dir: str, **overrides):
     """A `CGDConfig` for benchmarks: CPU, fp32, no checkpoints, logging or reporting; `overrides` win."""
     from cgd_trainer import CGDConfig

@@ -1,16 +1,36 @@
-"""Dataset preparation throughput: CGD records → rendered, fitted, tokenized, labelled rows (records/s), with 1 and 2
-processes, split into CGDTrainer's own step (`_convert`: validate, render, fit `max_length`, and since the fix below
-tokenize and label) and what TRL's `_prepare_dataset` does after it. Run: `python benchmarks/prepare.py` (about 30 s).
+"""Dataset preparation throughput with real vocabularies: raw CGD records → validated, rendered, fitted, tokenized and
+labelled rows, as `CGDTrainer` prepares them (`prepare_records`: the CGD step and TRL's truncation after it).
 
-With `--lf_python <LLaMA-Factory venv>/bin/python`, LLaMA-Factory 0.9.5 prepares the same records, exported as Alpaca
-by `cgd build`, with its own `get_dataset` (template `chatml`, `cutoff_len` = max_length): records/s for comparison.
+Compared in the same run, on the same records, each measurement in its own process (`TOKENIZERS_PARALLELISM=false`, so
+that `--num_proc` is the only parallelism):
+
+- `CGDTrainer, before`: the same preparation by the cgd-trainer of another commit (`--before`, default the last one
+  before the batched tokenization), extracted with `git archive`;
+- `SFTTrainer`: TRL's own preparation (`_prepare_dataset`) of the same rendered and fitted text, given as
+  prompt-completion rows (what a user of plain TRL would hand it);
+- `LLaMA-Factory`: with `--lf_python`, LLaMA-Factory 0.9.5's `get_dataset` on the same records exported as Alpaca by
+  `cgd build` (its own chat template for the vocabulary, `cutoff_len` = max_length; reading the file included);
+- `encode_batch limit`: the fast tokenizer's batched encoding (`tokenizers`; one thread, or as many threads as
+  processes) of the very texts CGD tokenizes: no framework can tokenize faster than this.
+
+Vocabularies: SmolLM2-135M-Instruct's 49,152 tokens (`builtin:smollm2-135m-instruct`, ChatML template) and Mistral
+Nemo's Tekken, 131,072 tokens (the `tekken_240911.json` shipped in the `mistral-common` package, converted by
+transformers, Mistral's `[INST]` template); `--vocabs tiny` adds the 700-token test tokenizer of the old table.
+Records: `common.maths_like_records` (the paper's length mix in words, written like worked maths); `max_length` 16384
+(nothing is shortened) and 4096 (most records are).
+
+Run: `pip install mistral-common` (for Tekken), then `python benchmarks/prepare.py [--lf_python <venv>/bin/python]`
+(about 10 minutes with LLaMA-Factory).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,14 +38,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
-from common import bench_config, paper_like_records, quiet  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from trl import SFTTrainer  # noqa: E402
-
-from cgd_trainer import CGDTrainer  # noqa: E402
-from cgd_trainer.demo.tiny import build_model, build_tokenizer  # noqa: E402
+BEFORE = "c2cd875"  # the last commit that tokenized every record twice, one record at a time
+LF_TEMPLATES = {"smollm2": "chatml", "tekken": "mistral", "tiny": "chatml"}
 
 # Runs inside LLaMA-Factory's virtualenv: its SFT data preparation alone (read the Alpaca file, render, tokenize, cut).
 LF_PREPARE = r"""
@@ -37,108 +55,229 @@ from llamafactory.model import load_tokenizer
 model_args, data_args, training_args, _, _ = get_train_args(json.loads(sys.argv[1]))
 tokenizer_module = load_tokenizer(model_args)
 template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-start = time.perf_counter()
-module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
-rows = module["train_dataset"]
-seconds = time.perf_counter() - start
+times = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
+    rows = module["train_dataset"]
+    times.append(time.perf_counter() - start)
+seconds = sorted(times)[len(times) // 2]
 print(json.dumps({"seconds": seconds, "rows": len(rows), "tokens": sum(map(len, rows["input_ids"]))}))
 """
 
 
-def llamafactory_rows(lf_python: str, records: list[dict], tokenizer, max_length: int, workdir: Path) -> list[str]:
-    """LLaMA-Factory's preparation of the same records with 1 and 2 processes, as table rows."""
+def load_tokenizer(vocab: str):
+    """The tokenizer of a vocabulary name, built or converted offline."""
+    if vocab == "smollm2":
+        from transformers import AutoTokenizer
+
+        from cgd_trainer.sources import resolve_model
+
+        return AutoTokenizer.from_pretrained(resolve_model("builtin:smollm2-135m-instruct", "benchmark"))
+    if vocab == "tekken":
+        import mistral_common
+        from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+        return convert_tekken_tokenizer(str(Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"))
+    if vocab == "tiny":
+        from cgd_trainer.demo.tiny import build_tokenizer
+
+        return build_tokenizer("chatml")
+    raise ValueError(f"Unknown vocabulary {vocab!r}; choose among smollm2, tekken, tiny.")
+
+
+def worker(spec: dict) -> dict:
+    """One kind of preparation measured `repeats` times in this process: the median seconds, rows and tokens."""
+    runs = [measure_once(spec) for _ in range(spec["repeats"])]
+    return {**runs[0], "seconds": statistics.median(run["seconds"] for run in runs)}
+
+
+def measure_once(spec: dict) -> dict:
+    """One measurement: seconds, rows and tokens of one preparation."""
+    from common import bench_config, maths_like_records, quiet
+    from datasets import Dataset
+
+    quiet()
+    tokenizer = load_tokenizer(spec["vocab"])
+    records = maths_like_records(spec["records"], seed=0)
+    with tempfile.TemporaryDirectory() as output_dir:
+        # One process is `datasets`' default, no `num_proc` (`num_proc=1` would still fork one worker).
+        num_proc = spec["num_proc"] if spec["num_proc"] > 1 else None
+        args = bench_config(output_dir, max_length=spec["max_length"], dataset_num_proc=num_proc)
+        if spec["kind"] == "cgd":
+            from cgd_trainer.trainer import prepare_records
+
+            start = time.perf_counter()
+            rows, counts = prepare_records(Dataset.from_list(records), tokenizer, args)
+            seconds = time.perf_counter() - start
+            return {"seconds": seconds, "rows": len(rows), "tokens": sum(map(len, rows["input_ids"])), **counts}
+        from trl import SFTTrainer
+
+        from cgd_trainer import CritiqueCollator, trl_boundary
+        from cgd_trainer.tokenization import ExampleEncoder
+
+        collator = CritiqueCollator.from_config(args, tokenizer)
+        layout = collator.resolve_layout()
+        fitted = [example for example, _ in collator.fit_batch(records, layout, tokenize=False) if example]
+        if spec["kind"] == "trl":
+            bare = trl_boundary.bare_trainer(SFTTrainer, args, tokenizer, None, True)
+            data = Dataset.from_list(fitted)
+            start = time.perf_counter()
+            rows = trl_boundary.prepare_dataset(bare, data, tokenizer, args, False, None, "bench")
+            seconds = time.perf_counter() - start
+            return {"seconds": seconds, "rows": len(rows), "tokens": sum(map(len, rows["input_ids"]))}
+        # The limit: the fast tokenizer's batched encoding of the texts CGD tokenizes, nothing else.
+        encoder = ExampleEncoder(tokenizer, layout)
+        texts = [encoder.texts(example, {})[0] for example in fitted]
+        start = time.perf_counter()
+        encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=encoder.add_special_tokens)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "rows": len(encodings), "tokens": sum(len(e.ids) for e in encodings)}
+
+
+def run_worker(spec: dict, src: str | None = None) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": str(spec["num_proc"])}
+    if spec["kind"] == "limit" and spec["num_proc"] > 1:
+        env["TOKENIZERS_PARALLELISM"] = "true"
+    if src is not None:
+        env["PYTHONPATH"] = src
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def llamafactory(
+    lf_python: str, vocab: str, n: int, max_length: int, num_proc: int, repeats: int, workdir: Path
+) -> dict:
+    """LLaMA-Factory's preparation of the same records (exported as Alpaca by `cgd build`)."""
+    from common import maths_like_records
+
     from cgd_trainer.commands.build import run as build_main
 
-    (workdir / "model").mkdir()
-    tokenizer.save_pretrained(workdir / "model")
-    source = workdir / "records.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    build_main(
-        [
-            "--input", str(source), "--output_dir", str(workdir / "sets"), "--conditions", "cgd", "--ratios", "none",
-            "--export", "alpaca",
-        ]
-    )  # fmt: skip
+    model_dir = workdir / f"model-{vocab}"
+    if not model_dir.exists():
+        tokenizer = load_tokenizer(vocab)
+        tokenizer.save_pretrained(model_dir)
+        # LLaMA-Factory's transformers may not know the class name transformers 5 writes.
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config))
+    sets = workdir / f"sets-{n}"
+    if not sets.exists():
+        source = workdir / "records.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in maths_like_records(n, seed=0)))
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_main(
+                ["--input", str(source), "--output_dir", str(sets), "--conditions", "cgd", "--ratios", "none",
+                 "--export", "alpaca"]
+            )  # fmt: skip
     script = workdir / "lf_prepare.py"
     script.write_text(LF_PREPARE)
-    rows = []
-    for num_proc in (1, 2):
-        config = {
-            "model_name_or_path": str(workdir / "model"),
-            "stage": "sft",
-            "do_train": True,
-            "finetuning_type": "full",
-            "dataset": "cgd",
-            "dataset_dir": str(workdir / "sets" / "alpaca"),
-            "template": "chatml",
-            "cutoff_len": max_length,
-            "overwrite_cache": True,
-            "preprocessing_num_workers": num_proc,
-            "output_dir": str(workdir / f"lf-out-{num_proc}"),
-            "report_to": "none",
-            "use_cpu": True,
-        }
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", "LLAMAFACTORY_VERBOSITY": "WARN"}
-        result = subprocess.run(
-            [lf_python, str(script), json.dumps(config)], capture_output=True, text=True, env=env, cwd=workdir
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"LLaMA-Factory preparation failed:\n{result.stderr[-3000:]}")
-        measured = json.loads(result.stdout.strip().splitlines()[-1])
-        rows.append(
-            f"| {num_proc} | LLaMA-Factory 0.9.5 `get_dataset` (read, render, tokenize, cut) | | | "
-            f"{measured['seconds']:.1f} s | {measured['rows'] / measured['seconds']:.0f} |"
-        )
-    return rows
+    config = {
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "cgd",
+        "dataset_dir": str(sets / "alpaca"),
+        "template": LF_TEMPLATES[vocab],
+        "cutoff_len": max_length,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": num_proc if num_proc > 1 else None,
+        "output_dir": str(workdir / "lf-out"),
+        "report_to": "none",
+        "use_cpu": True,
+    }
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "DISABLE_VERSION_CHECK": "1",
+        "LLAMAFACTORY_VERBOSITY": "WARN",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        [lf_python, str(script), json.dumps(config), str(repeats)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"LLaMA-Factory preparation failed:\n{result.stderr[-3000:]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"seconds": measured["seconds"], "rows": measured["rows"], "tokens": measured["tokens"]}
+
+
+def before_source(rev: str, workdir: Path) -> str:
+    """The `src` folder of another commit, for the `before` rows."""
+    target = workdir / f"before-{rev}"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target / "src")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--records", type=int, default=300)
-    parser.add_argument("--max_length", type=int, default=4096)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=400)
+    parser.add_argument("--vocabs", default="smollm2,tekken", help="comma-separated: smollm2, tekken, tiny")
+    parser.add_argument("--max_lengths", default="16384,4096")
+    parser.add_argument("--num_procs", default="1,2")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per process; the median is shown")
+    parser.add_argument("--before", default=BEFORE, help="commit of the `before` rows; 'none' to skip them")
     parser.add_argument("--lf_python", default=None, help="Python of a virtualenv with llamafactory 0.9.5")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
-    quiet()
+    if options.worker:
+        print(json.dumps(worker(json.loads(options.worker))))
+        return
 
-    tokenizer = build_tokenizer("chatml")
-    records = paper_like_records(options.records, seed=0)
-    raw = Dataset.from_list(records)
+    print(f"{options.records} records with the paper's length mix (maths-like text); times in seconds\n")
     print(
-        f"{options.records} records with the paper's length mix, max_length {options.max_length} "
-        f"(records longer than that are shortened)\n"
+        "| vocabulary | max_length | records shortened | processes | preparation | seconds | records/s | "
+        "tokens/s | CGDTrainer after is |"
     )
-    print(
-        "| processes | framework | CGD step (validate, render, fit, tokenize) | TRL step (labels, truncate) | total | "
-        "records/s |"
-    )
-    print("|---|---|---|---|---|---|")
-    for num_proc in (1, 2):
-        with tempfile.TemporaryDirectory() as output_dir:
-            args = bench_config(output_dir, max_length=options.max_length, dataset_num_proc=num_proc)
-            trainer = CGDTrainer(
-                model=build_model(tokenizer, "chatml"),
-                args=args,
-                train_dataset=raw.select(range(2)),
-                processing_class=tokenizer,
-            )
-            start = time.perf_counter()
-            converted = trainer._convert(raw, tokenizer, args, "bench")
-            cgd_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            # TRL's own preparation of the already rendered data, as SFTTrainer would run it.
-            SFTTrainer._prepare_dataset(trainer, converted, tokenizer, args, False, None, "bench")
-            trl_seconds = time.perf_counter() - start
-        total = cgd_seconds + trl_seconds
-        print(
-            f"| {num_proc} | CGDTrainer | {cgd_seconds:.1f} s | {trl_seconds:.1f} s | {total:.1f} s | "
-            f"{options.records / total:.0f} |",
-            flush=True,
-        )
-
-    if options.lf_python:
-        with tempfile.TemporaryDirectory() as workdir:
-            for row in llamafactory_rows(options.lf_python, records, tokenizer, options.max_length, Path(workdir)):
-                print(row, flush=True)
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        before = before_source(options.before, workdir) if options.before != "none" else None
+        for vocab in options.vocabs.split(","):
+            for max_length in map(int, options.max_lengths.split(",")):
+                for num_proc in map(int, options.num_procs.split(",")):
+                    spec = {"vocab": vocab, "records": options.records, "max_length": max_length}
+                    spec.update(num_proc=num_proc, repeats=options.repeats)
+                    after = run_worker({**spec, "kind": "cgd"})
+                    rows = [("CGDTrainer, after", after)]
+                    if before is not None:
+                        rows.append(
+                            (f"CGDTrainer, before ({options.before})", run_worker({**spec, "kind": "cgd"}, before))
+                        )
+                    rows.append(("SFTTrainer on the same rendered text", run_worker({**spec, "kind": "trl"})))
+                    if options.lf_python:
+                        lf = llamafactory(
+                            options.lf_python, vocab, options.records, max_length, num_proc, options.repeats, workdir
+                        )
+                        rows.append(("LLaMA-Factory 0.9.5 `get_dataset`", lf))
+                    rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
+                    for name, measured in rows:
+                        ratio = measured["seconds"] / after["seconds"]
+                        relation = (
+                            "—"
+                            if measured is after
+                            else f"{ratio:.2f}× as fast"
+                            if ratio >= 1
+                            else (f"{1 / ratio:.2f}× as slow")
+                        )
+                        print(
+                            f"| {vocab} | {max_length} | {after['shortened']} | {num_proc} | {name} | "
+                            f"{measured['seconds']:.2f} | {measured['rows'] / measured['seconds']:.0f} | "
+                            f"{measured['tokens'] / measured['seconds'] / 1e6:.2f}M | {relation} |",
+                            flush=True,
+                        )
 
 
 if __name__ == "__main__":

@@ -468,7 +468,20 @@ class CritiqueCollator(DataCollatorMixin):
         return row
 
     def torch_call(self, examples: list[Mapping[str, Any]]) -> dict[str, Any]:
-        rows = [self.encode(example, index) for index, example in enumerate(examples)]
+        # Raw records are tokenized together, in one call to the tokenizer; tokenized rows pass as they are.
+        raw = [index for index, example in enumerate(examples) if "input_ids" not in example]
+        waiting = set(raw)
+        rows: list[dict | None] = [
+            None if index in waiting else self.encode(example) for index, example in enumerate(examples)
+        ]
+        if raw:
+            if self.processing_class is None:
+                raise ValueError("`CritiqueCollator` needs a `processing_class` to tokenize raw CGD rows.")
+            fitted = self.fit_batch(
+                [examples[index] for index in raw], self.resolve_layout(), None, raw, "batch", self.chat_template
+            )
+            for index, (row, _) in zip(raw, fitted, strict=True):
+                rows[index] = row
         dropped = sum(row is None for row in rows)
         rows = [row for row in rows if row is not None]
         if dropped:
