@@ -1,8 +1,10 @@
 """Dataset preparation throughput with real vocabularies: raw CGD records → validated, rendered, fitted, tokenized and
 labelled rows, as `CGDTrainer` prepares them (`prepare_records`: the CGD step and TRL's truncation after it).
 
-Compared in the same run, on the same records, each measurement in its own process (`TOKENIZERS_PARALLELISM=false`, so
-that `--num_proc` is the only parallelism):
+Compared in the same run, on the same records, each measurement in its own process, with `dataset_num_proc` 1 (unset,
+as by default) and 2, and `TOKENIZERS_PARALLELISM=false` so that processes are the only parallelism; the setting `1t`
+measures CGD with one process and the tokenizer's own threads (`TOKENIZERS_PARALLELISM` unset: the default), which
+`encode_batch` uses and text-by-text tokenization (TRL, LLaMA-Factory, the commit before) cannot:
 
 - `CGDTrainer, before`: the same preparation by the cgd-trainer of another commit (`--before`, default the last one
   before the batched tokenization), extracted with `git archive`;
@@ -136,9 +138,11 @@ def measure_once(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, src: str | None = None) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": str(spec["num_proc"])}
-    if spec["kind"] == "limit" and spec["num_proc"] > 1:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if spec["threads"] or (spec["kind"] == "limit" and spec["num_proc"] > 1):
+        # The tokenizer's own threads: `encode_batch` spreads a batch over the cores (per-text encoding does not).
         env["TOKENIZERS_PARALLELISM"] = "true"
+        env["RAYON_NUM_THREADS"] = str(max(spec["num_proc"], os.cpu_count() if spec["threads"] else 1))
     if src is not None:
         env["PYTHONPATH"] = src
     result = subprocess.run(
@@ -221,12 +225,27 @@ def before_source(rev: str, workdir: Path) -> str:
     return str(target / "src")
 
 
+def print_rows(vocab: str, max_length: int, after: dict, setting: str, rows: list) -> None:
+    processes = f"{setting[:-1]} + tokenizer threads" if setting.endswith("t") else setting
+    for name, measured in rows:
+        ratio = measured["seconds"] / after["seconds"]
+        relation = "—" if measured is after else f"{ratio:.2f}× as fast" if ratio >= 1 else f"{1 / ratio:.2f}× as slow"
+        print(
+            f"| {vocab} | {max_length} | {after['shortened']} | {processes} | {name} | {measured['seconds']:.2f} | "
+            f"{measured['rows'] / measured['seconds']:.0f} | {measured['tokens'] / measured['seconds'] / 1e6:.2f}M | "
+            f"{relation} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=400)
     parser.add_argument("--vocabs", default="smollm2,tekken", help="comma-separated: smollm2, tekken, tiny")
     parser.add_argument("--max_lengths", default="16384,4096")
-    parser.add_argument("--num_procs", default="1,2")
+    parser.add_argument(
+        "--num_procs", default="1,2,1t", help="processes; `1t`: one process with the tokenizer's threads (the default)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="measurements per process; the median is shown")
     parser.add_argument("--before", default=BEFORE, help="commit of the `before` rows; 'none' to skip them")
     parser.add_argument("--lf_python", default=None, help="Python of a virtualenv with llamafactory 0.9.5")
@@ -247,11 +266,17 @@ def main() -> None:
         before = before_source(options.before, workdir) if options.before != "none" else None
         for vocab in options.vocabs.split(","):
             for max_length in map(int, options.max_lengths.split(",")):
-                for num_proc in map(int, options.num_procs.split(",")):
+                for setting in options.num_procs.split(","):
+                    num_proc, threads = int(setting.rstrip("t")), setting.endswith("t")
                     spec = {"vocab": vocab, "records": options.records, "max_length": max_length}
-                    spec.update(num_proc=num_proc, repeats=options.repeats)
+                    spec.update(num_proc=num_proc, threads=threads, repeats=options.repeats)
                     after = run_worker({**spec, "kind": "cgd"})
                     rows = [("CGDTrainer, after", after)]
+                    if threads:
+                        # TRL, LLaMA-Factory and the commit before encode text by text: the threads change nothing.
+                        rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
+                        print_rows(vocab, max_length, after, setting, rows)
+                        continue
                     if before is not None:
                         rows.append(
                             (f"CGDTrainer, before ({options.before})", run_worker({**spec, "kind": "cgd"}, before))
@@ -263,21 +288,7 @@ def main() -> None:
                         )
                         rows.append(("LLaMA-Factory 0.9.5 `get_dataset`", lf))
                     rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
-                    for name, measured in rows:
-                        ratio = measured["seconds"] / after["seconds"]
-                        relation = (
-                            "—"
-                            if measured is after
-                            else f"{ratio:.2f}× as fast"
-                            if ratio >= 1
-                            else (f"{1 / ratio:.2f}× as slow")
-                        )
-                        print(
-                            f"| {vocab} | {max_length} | {after['shortened']} | {num_proc} | {name} | "
-                            f"{measured['seconds']:.2f} | {measured['rows'] / measured['seconds']:.0f} | "
-                            f"{measured['tokens'] / measured['seconds'] / 1e6:.2f}M | {relation} |",
-                            flush=True,
-                        )
+                    print_rows(vocab, max_length, after, setting, rows)
 
 
 if __name__ == "__main__":

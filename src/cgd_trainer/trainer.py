@@ -240,10 +240,13 @@ class CGDTrainer(SFTTrainer):
     ) -> Dataset | IterableDataset:
         # TRL's dataset-preparation hook (private; its use is described in `trl_boundary.prepare_dataset`).
         dataset = trl_boundary.swap_back(self._cgd_pending, dataset)
+        fitted = False
         if self._is_cgd(dataset):
             dataset = self._convert(dataset, processing_class, args, dataset_name)
+            # Tokenized rows that CGD truncation fitted into max_length: TRL's truncation would change nothing.
+            fitted = "input_ids" in get_dataset_column_names(dataset) and self.cgd_collator.truncation != "none"
         return trl_boundary.prepare_dataset(
-            super(), dataset, processing_class, args, packing, formatting_func, dataset_name
+            super(), dataset, processing_class, args, packing, formatting_func, dataset_name, fitted
         )
 
     def _convert(

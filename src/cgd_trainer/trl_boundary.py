@@ -103,7 +103,8 @@ def tokenize(processing_class: Any, input: str | list, **apply_chat_template_kwa
     Relies on the private `trl.data_utils._tokenize(processing_class, input, **apply_chat_template_kwargs)`
     (`data_utils.py:367` in 1.16): a list of messages goes through `apply_chat_template(tokenize=True,
     return_dict=True, ...)`, a string through `processing_class(text=input)`; the result has a flat `input_ids` list.
-    Using TRL's own function keeps CGD's token counts equal to what TRL tokenizes.
+    `tokenization.ExampleEncoder` reproduces this in batches (the rendered chat tokenized without special tokens, plain
+    text with them) and calls it as it is for processors, whose rendering is their own.
     """
     return _tokenize(processing_class, input, **apply_chat_template_kwargs)
 
@@ -116,6 +117,7 @@ def prepare_dataset(
     packing: bool,
     formatting_func: Any,
     dataset_name: str,
+    fitted: bool = False,
 ) -> Any:
     """
     Runs TRL's dataset preparation (formatting, tokenization, labels, truncation, packing) on `dataset`.
@@ -125,7 +127,18 @@ def prepare_dataset(
     (`sft_trainer.py:1228` in 1.16), which `SFTTrainer.__init__` calls for the train and eval sets (:1026-1039) and
     `evaluate()` for a dataset passed to it (:1539-1547). `CGDTrainer` overrides that hook to render CGD records first;
     the override must keep this signature.
+
+    With `fitted=True` the rows are CGD's tokenized records, each within `max_length` and with a trained token: TRL's
+    truncation to `max_length` and its removal of fully masked rows (:1436-1462), which it runs only when `max_length`
+    is set and the rows are not packed, would change nothing but cost two passes over every token in Python. They are
+    skipped by hiding `max_length` from TRL while it prepares the rows; nothing else in the method reads it then.
     """
+    if fitted and not packing and args.max_length is not None:
+        max_length, args.max_length = args.max_length, None
+        try:
+            return trainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        finally:
+            args.max_length = max_length
     return trainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
 
 

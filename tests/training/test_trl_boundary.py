@@ -243,3 +243,26 @@ def test_no_module_but_the_boundary_uses_trl_internals():
 def test_every_private_attribute_is_checked_on_a_version():
     for name in PRIVATE_ATTRIBUTES:
         assert any(key.endswith(f".{name}") for key in CHECKED_ON), f"{name} has no entry in CHECKED_ON"
+
+
+def test_fitted_rows_skip_trls_truncation_and_get_max_length_back():
+    # CGD's rows already fit: TRL sees no max_length while it prepares them (no truncation pass), and the setting is
+    # restored afterwards, also when preparation fails; packed rows keep it, since packing needs it.
+    from types import SimpleNamespace
+
+    seen = []
+
+    class Recorder:
+        def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+            seen.append(args.max_length)
+            if dataset == "fail":
+                raise ValueError("boom")
+            return dataset
+
+    args = SimpleNamespace(max_length=512)
+    assert trl_boundary.prepare_dataset(Recorder(), "rows", None, args, False, None, "train", fitted=True) == "rows"
+    trl_boundary.prepare_dataset(Recorder(), "rows", None, args, True, None, "train", fitted=True)
+    trl_boundary.prepare_dataset(Recorder(), "rows", None, args, False, None, "train")
+    with pytest.raises(ValueError, match="boom"):
+        trl_boundary.prepare_dataset(Recorder(), "fail", None, args, False, None, "train", fitted=True)
+    assert seen == [None, 512, 512, None] and args.max_length == 512
