@@ -25,6 +25,7 @@ LAYERS = [
     ("sources", "grading", "pretrained"),
     ("backends",),
     ("trl_boundary",),  # the one module that touches TRL's internals (tests/training/test_trl_boundary.py)
+    ("tokenization",),  # examples tokenized as TRL tokenizes them, a batch at a time, each text once
     ("config", "collator"),
     ("trainer",),
     ("__init__",),  # the package root: lazy public names
