@@ -368,25 +368,24 @@ class CritiqueCollator(DataCollatorMixin):
 
     def _shorten(self, example, layout, index, dataset_name, encoder, encoded, record_format) -> Encoded | None:
         # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
-        # long. Each round plans every cut the overflow needs from the current encoding (a field's tokens are read
-        # from it where the field can be found there), then renders once; the first round's text is tokenized only
-        # around the cuts where that can be relied on (`ExampleEncoder.respliced`), and a second round is rare.
+        # long. Each round plans every cut the overflow needs, renders once, and tokenizes the record's text only
+        # around the cuts where that can be relied on (`ExampleEncoder.respliced`, always from the whole record's
+        # encoding, where each field's tokens are read too); a second round, for a token or two, is rare.
         tokenizer = encoder.tokenizer
         refined = example[self.refined_response_field]
         parts = record_format.parts(example)
         # Cutting a field also adds the marker, whose tokens count against the room it frees.
         marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
-        fields = {}  # key -> [cut(kept) -> text, tokens kept, whole, span in the first text]
+        whole_record = encoded
+        fields = {}  # key -> [cut(kept) -> text, tokens kept, still whole, span in the whole record's text]
         overflow = len(encoded.ids) - self.max_length
-        first_round = True
         while overflow > 0:
-            replacements = []
+            changed = False
             for key in SHORTEN_ORDER:
                 if overflow <= 0:
                     break
                 if key not in fields:
-                    # A field is read while it is still whole.
-                    cut, count, span = self._field_cutter(encoder, encoded, getattr(parts, key) or "")
+                    cut, count, span = self._field_cutter(encoder, whole_record, getattr(parts, key) or "")
                     fields[key] = [cut, count, True, span]
                 cut, kept, whole, span = fields[key]
                 if kept == 0:
@@ -396,19 +395,21 @@ class CritiqueCollator(DataCollatorMixin):
                 overflow -= kept - left - added
                 fields[key][1:3] = [left, False]
                 parts = replace(parts, **{key: cut(left) + self.truncation_marker})
-                replacements.append((*span, cut(left) + self.truncation_marker) if span else None)
-            if not replacements:
+                changed = True
+            if not changed:
                 return None
             formatted = self._render(parts, refined, layout, index, dataset_name)
-            spliced = None
-            if first_round and None not in replacements:
-                spliced = encoder.respliced(encoded, formatted, replacements)
-            exhausted = len(fields) == len(SHORTEN_ORDER) and all(field[1] == 0 for field in fields.values())
-            if spliced is not None and len(spliced.ids) > self.max_length and exhausted:
-                return None  # nothing is left to cut: the refined answer alone is too long
-            if spliced is None or len(spliced.ids) > self.max_length:
-                spliced = encoder.encode([formatted], [encoded.template_kwargs])[0]
-            encoded, first_round = spliced, False
+            # Only the dropped end of each cut field changes (to the marker), so the windows to tokenize are small.
+            replacements = [
+                (span[0] + len(cut(kept)), span[1], self.truncation_marker) if span else None
+                for cut, kept, whole, span in fields.values()
+                if not whole
+            ]
+            encoded = None
+            if None not in replacements:
+                encoded = encoder.respliced(whole_record, formatted, replacements)
+            if encoded is None:
+                encoded = encoder.encode([formatted], [whole_record.template_kwargs])[0]
             overflow = len(encoded.ids) - self.max_length
         return encoded
 

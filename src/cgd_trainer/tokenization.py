@@ -79,6 +79,7 @@ class ExampleEncoder:
         # TRL tokenizes a rendered chat without special tokens (the template wrote them) and plain text with them.
         self.add_special_tokens = not self.chat
         self._tails: dict[tuple[str | None, str], list[int] | None] = {}
+        self._leads: dict[str, list[int]] = {}
         if self.fast:
             added = self.tokenizer.added_tokens_decoder
             self._added = {token_id: token.content for token_id, token in added.items()}
@@ -370,5 +371,7 @@ class ExampleEncoder:
         ids = self.tokenizer((context or "") + text, add_special_tokens=False)["input_ids"]
         if context is None:
             return ids
-        lead = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        if context not in self._leads:
+            self._leads[context] = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        lead = self._leads[context]
         return ids[len(lead) :] if len(lead) == 1 and ids[:1] == lead else None
