@@ -43,7 +43,7 @@ test: install
 
 # CPU benchmarks (a few minutes each at most); benchmarks/gpu.py needs a CUDA GPU and is run by hand.
 bench: install
-	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/prepare.py --vocabs smollm2 --records 200 --repeats 1 --num_procs 1,2
 	$(PY) benchmarks/padding.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/pipeline_client.py

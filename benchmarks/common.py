@@ -32,10 +32,15 @@ def paper_like_records(n: int, seed: int = 0) -> list[dict]:
     def text(bounds: tuple[int, int]) -> str:
         return " ".join(rng.choice(words) for _ in range(rng.randint(*bounds)))
 
+    return _assemble(n, text, "?")
+
+
+def _assemble(n: int, text, question_end: str = "") -> list[dict]:
+    # `n` records whose parts are drawn by `text(bounds)` with the paper's length ranges.
     records = []
     for index in range(n):
         record = {field: text(bounds) for field, bounds in PAPER_LENGTHS.items()}
-        record["prompt"] = f"Question {index}: {record['prompt']}?"
+        record["prompt"] = f"Question {index}: {record['prompt']}{question_end}"
         record["critique"] += "\nConclusion: wrong"
         records.append(record)
     return records
@@ -75,13 +80,7 @@ def maths_like_records(n: int, seed: int = 0) -> list[dict]:
             count += sizes[k]
         return "".join(parts).strip()
 
-    records = []
-    for index in range(n):
-        record = {field: text(bounds) for field, bounds in PAPER_LENGTHS.items()}
-        record["prompt"] = f"Question {index}: {record['prompt']}"
-        record["critique"] += "\nConclusion: wrong"
-        records.append(record)
-    return records
+    return _assemble(n, text)
 
 
 def bench_config(output_dir: str, **overrides):

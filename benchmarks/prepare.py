@@ -77,7 +77,10 @@ def load_tokenizer(vocab: str):
 
         return AutoTokenizer.from_pretrained(resolve_model("builtin:smollm2-135m-instruct", "benchmark"))
     if vocab == "tekken":
-        import mistral_common
+        try:
+            import mistral_common
+        except ImportError:
+            raise SystemExit("The Tekken vocabulary ships in `mistral-common`: pip install mistral-common") from None
         from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
         return convert_tekken_tokenizer(str(Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"))
