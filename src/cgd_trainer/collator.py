@@ -240,9 +240,7 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             `dict`: `{"prompt", "completion"}`, as chat messages for the chat layouts and as strings for `plain`.
         """
-        validate_record(example, index, dataset_name, self.fields)
-        parts = self.record_format.parts(example)
-        return self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
+        return self._format(example, layout, index, dataset_name, self.record_format)
 
     def fit(
         self,
@@ -312,7 +310,8 @@ class CritiqueCollator(DataCollatorMixin):
         """
         Validates, renders and fits many records, tokenizing each record's text once, all in one call to a fast
         tokenizer (see [`~tokenization.ExampleEncoder`]). Only records that had to be shortened are tokenized again,
-        after each cut. The rows are exactly what TRL's own tokenization of the rendered examples gives.
+        around their cuts where that can be relied on. The rows are exactly what TRL's own tokenization of the
+        rendered examples gives.
 
         Args:
             examples (`Sequence[Mapping[str, Any]]`): The raw records.
@@ -330,11 +329,10 @@ class CritiqueCollator(DataCollatorMixin):
         """
         indices = list(indices) if indices is not None else [None] * len(examples)
         record_format = self.record_format
-        formatted = []
-        for example, index in zip(examples, indices, strict=True):
-            validate_record(example, index, dataset_name, self.fields)
-            refined = example[self.refined_response_field]
-            formatted.append(self._render(record_format.parts(example), refined, layout, index, dataset_name))
+        formatted = [
+            self._format(example, layout, index, dataset_name, record_format)
+            for example, index in zip(examples, indices, strict=True)
+        ]
         measure = self.max_length is not None and self.truncation != "none"
         if not tokenize and not measure:
             return [(example, KEPT) for example in formatted]
@@ -371,11 +369,10 @@ class CritiqueCollator(DataCollatorMixin):
         # long. Each round plans every cut the overflow needs, renders once, and tokenizes the record's text only
         # around the cuts where that can be relied on (`ExampleEncoder.respliced`, always from the whole record's
         # encoding, where each field's tokens are read too); a second round, for a token or two, is rare.
-        tokenizer = encoder.tokenizer
         refined = example[self.refined_response_field]
         parts = record_format.parts(example)
         # Cutting a field also adds the marker, whose tokens count against the room it frees.
-        marker = len(tokenizer(self.truncation_marker, add_special_tokens=False)["input_ids"])
+        marker = encoder.token_count(self.truncation_marker)
         whole_record = encoded
         fields = {}  # key -> [cut(kept) -> text, tokens kept, still whole, span in the whole record's text]
         overflow = len(encoded.ids) - self.max_length
@@ -516,6 +513,12 @@ class CritiqueCollator(DataCollatorMixin):
             kwargs["tools"] = example["tools"]
         kwargs.update(example.get("chat_template_kwargs") or {})
         return kwargs
+
+    def _format(self, example, layout, index, dataset_name, record_format: RecordFormat):
+        # `format` with the record format resolved once for a batch.
+        validate_record(example, index, dataset_name, self.fields)
+        parts = record_format.parts(example)
+        return self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
 
     def _render(self, parts: RecordParts, refined: str, layout: str, index: int | None, dataset_name: str):
         # The context comes from the shared renderer; the target is the refined answer, as a turn or as text.

@@ -215,34 +215,15 @@ class ExampleEncoder:
         last = encoding.char_to_token(len(prompt) - 1)
         if last is None:
             return None
-        last_word = encoding.token_to_word(last)
-        for j in range(last, max(-1, last - _LOOK_BACK), -1):
-            if ids[j] in self._added:
-                # A special token is matched before anything else is split: the text after it is tokenized apart.
-                span = encoding.token_to_chars(j)
-                if span is None or span[1] > len(prompt):
-                    return None
-                tail = self._tail(self._added[ids[j]], prompt[span[1] :])
-                if tail is None:
-                    return None
-                return j + 1 + common_prefix_length(tail, ids[j + 1 : j + 2 + len(tail)]), j + 1
-            word = encoding.token_to_word(j)
-            if (
-                word is not None
-                and last_word is not None
-                and word <= last_word - _WORDS_BACK
-                and (j == 0 or encoding.token_to_word(j - 1) != word)
-            ):
-                span = encoding.token_to_chars(j)
-                tail = self._tail(self._context, prompt[span[0] :]) if span is not None else None
-                # Check the assumption on the first word: tokenized as the tail's start, it must give the same tokens
-                # as inside the example (a tokenizer that marks the start of every text would not).
-                size = encoding.word_to_tokens(word)
-                size = size[1] - size[0] if size is not None else 1
-                if tail is None or tail[:size] != ids[j : j + size]:
-                    return None
-                return j + common_prefix_length(tail, ids[j : j + 1 + len(tail)]), j
-        return None
+        # From the token after the prompt's last one, so that a prompt ending with a special token cuts after it.
+        cut = self._cut_before(encoded, last + 1, encoding.token_to_word(last))
+        if cut is None or cut[2] > len(prompt):
+            return None
+        j, context, first_char, guard = cut
+        tail = self._tail(context, prompt[first_char:])
+        if tail is None or (guard and not self._first_word_kept(encoded, j, tail)):
+            return None
+        return j + common_prefix_length(tail, ids[j : j + 1 + len(tail)]), j
 
     def respliced(
         self, encoded: Encoded, formatted: Mapping[str, Any], replacements: Sequence[tuple[int, int, str]]
@@ -301,12 +282,8 @@ class ExampleEncoder:
             window_ids = self._tokens_after(context, "".join(chunk))
             if window_ids is None or window_ids[len(window_ids) - checked :] != ids[last : last + checked]:
                 return None
-            if guard:
-                word = encoding.token_to_word(first)
-                span = encoding.word_to_tokens(word) if word is not None else None
-                size = span[1] - span[0] if span is not None else 1
-                if window_ids[:size] != ids[first : first + size]:
-                    return None
+            if guard and not self._first_word_kept(encoded, first, window_ids):
+                return None
             new_ids += ids[kept_from:first] + window_ids[: len(window_ids) - checked]
             kept_from = last
         new_ids += ids[kept_from:]
@@ -314,25 +291,38 @@ class ExampleEncoder:
         return Encoded(new_ids, whole, alone, None, formatted, encoded.template_kwargs, start=shifted)
 
     def _stable_before(self, encoded: Encoded, char: int) -> tuple[int, str | None, int, bool] | None:
-        # A token before `char` from which the text can be tokenized apart: (its index, the special token to tokenize
-        # after, its first character, whether the first word must be checked).
+        # A token at or before the one holding `char` from which the text can be tokenized apart (see `_cut_before`).
+        token = encoded.encoding.char_to_token(char)
+        return self._cut_before(encoded, token, encoded.encoding.token_to_word(token)) if token is not None else None
+
+    def _cut_before(
+        self, encoded: Encoded, token: int, word_at: int | None
+    ) -> tuple[int, str | None, int, bool] | None:
+        # Looking back from `token`, the first token whose tokens cannot depend on the text before it: the token after
+        # a special token (special tokens are matched before anything else is split), or the first token of a word at
+        # least `_WORDS_BACK` words before `word_at` (only the words nearest a change can split otherwise). Returns
+        # its index, the special token to tokenize after, its first character, and whether its first word must be
+        # checked (`_first_word_kept`) because a tokenizer may mark the start of a text.
         encoding, ids = encoded.encoding, encoded.ids
-        token = encoding.char_to_token(char)
-        word_at = encoding.token_to_word(token) if token is not None else None
-        if token is None:
-            return None
-        for j in range(token, max(0, token - _LOOK_BACK), -1):
-            if ids[j - 1] in self._added:
+        for j in range(token, max(-1, token - _LOOK_BACK), -1):
+            if j > 0 and ids[j - 1] in self._added:
                 span = encoding.token_to_chars(j - 1)
-                if span is None:
-                    return None
-                return j, self._added[ids[j - 1]], span[1], False
-            word = encoding.token_to_word(j)
-            if word is not None and word_at is not None and word <= word_at - _WORDS_BACK:
-                if encoding.token_to_word(j - 1) != word:
-                    span = encoding.token_to_chars(j)
-                    return (j, self._context, span[0], True) if span is not None else None
+                return (j, self._added[ids[j - 1]], span[1], False) if span is not None else None
+            word = encoding.token_to_word(j) if j < len(ids) else None
+            if word is None or word_at is None or word > word_at - _WORDS_BACK:
+                continue
+            if j == 0 or encoding.token_to_word(j - 1) != word:
+                span = encoding.token_to_chars(j)
+                return (j, self._context, span[0], True) if span is not None else None
         return None
+
+    @staticmethod
+    def _first_word_kept(encoded: Encoded, j: int, tokens: list[int]) -> bool:
+        # Whether `tokens`, tokenized apart from token `j` on, start with the tokens of its word in the example.
+        word = encoded.encoding.token_to_word(j)
+        span = encoded.encoding.word_to_tokens(word) if word is not None else None
+        size = span[1] - span[0] if span is not None else 1
+        return tokens[:size] == encoded.ids[j : j + size]
 
     def _stable_after(self, encoded: Encoded, char: int) -> tuple[int, int, int] | None:
         # A token at or after `char` from which the rest is tokenized as before: (its index, how many tokens from it
@@ -356,6 +346,10 @@ class ExampleEncoder:
                     chars = encoding.token_to_chars(span[1] - 1)
                     return (j, span[1] - j, chars[1]) if chars is not None else None
         return None
+
+    def token_count(self, text: str) -> int:
+        """The number of tokens of `text` on its own, without special tokens (kept, for texts that recur)."""
+        return len(self._tail(None, text))
 
     def _tail(self, context: str | None, text: str) -> list[int] | None:
         # `_tokens_after`, kept for the texts that recur (a chat template's generation prompt).
