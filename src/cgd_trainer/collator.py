@@ -414,10 +414,10 @@ class CritiqueCollator(DataCollatorMixin):
     def _field_cutter(encoder: ExampleEncoder, encoded: Encoded, value: str):
         # A function giving the field's text kept to its first `kept` tokens, its number of tokens, and where it lies
         # in the example's text (None when it was tokenized on its own).
-        located = encoder.field_token_ends(encoded, value)
+        located = encoder.field_tokens(encoded, value)
         if located is not None:
-            text, start, ends = located
-            return (lambda kept: text[: ends[kept - 1]] if kept else ""), len(ends), (start, start + len(text))
+            text, start, count, kept_end = located
+            return (lambda kept: text[: kept_end(kept)]), count, (start, start + len(text))
         tokenizer = encoder.tokenizer
         ids = tokenizer(value, add_special_tokens=False)["input_ids"] if value else []
         return (lambda kept: tokenizer.decode(ids[:kept])), len(ids), None

@@ -14,7 +14,7 @@ TRL does; the result is the same either way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,6 @@ class Encoded:
         encoding (*optional*): The fast tokenizer's `tokenizers.Encoding` of `text`, which maps tokens to characters.
         formatted (`Mapping`): The `{"prompt", "completion"}` example.
         template_kwargs (`Mapping`): Its `apply_chat_template` arguments.
-        offsets (`list`, *optional*): Each token's character span in `text`, read from the encoding when needed.
         start (`int`, *optional*): Where the completion starts, when it is known without an encoding.
     """
 
@@ -55,7 +54,6 @@ class Encoded:
     encoding: Any
     formatted: Mapping[str, Any]
     template_kwargs: Mapping[str, Any]
-    offsets: list[tuple[int, int]] | None = None
     start: int | None = None
 
 
@@ -166,7 +164,7 @@ class ExampleEncoder:
             return list(trl_tokenize(self.processing_class, prompt, **kwargs)["input_ids"])
         return list(self.tokenizer(encoded.prompt_text, add_special_tokens=self.add_special_tokens)["input_ids"])
 
-    def field_token_ends(self, encoded: Encoded, value: str) -> tuple[str, int, list[int]] | None:
+    def field_tokens(self, encoded: Encoded, value: str) -> tuple[str, int, int, Callable[[int], int]] | None:
         """
         The tokens of one context field inside the example, read from its encoding.
 
@@ -176,27 +174,30 @@ class ExampleEncoder:
 
         Returns:
             `tuple` or `None`: the field's text as it appears in the example (a template may strip it), where it
-            starts in the example's text and, for each of its tokens, where the token ends in the field's text. `None`
-            when the field cannot be located unambiguously (then the field is tokenized on its own).
+            starts in the example's text, its number of tokens, and a function giving where its first `k` tokens end
+            in the field's text. `None` when the field cannot be located unambiguously (then the field is tokenized
+            on its own).
         """
         if encoded.encoding is None or not value:
             return None
         text = encoded.text
         for candidate in (value, value.strip()):
-            if candidate and text.count(candidate) == 1:
+            start = text.find(candidate) if candidate else -1
+            if start >= 0 and text.find(candidate, start + 1) < 0:
                 break
         else:
             return None
-        start = text.find(candidate)
         end = start + len(candidate)
-        first, last = encoded.encoding.char_to_token(start), encoded.encoding.char_to_token(end - 1)
+        encoding = encoded.encoding
+        first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
         if first is None or last is None:
             return None
-        if encoded.offsets is None:
-            encoded.offsets = encoded.encoding.offsets
-        offsets = encoded.offsets
-        ends = [min(offsets[k][1], end) - start for k in range(first, last + 1)]
-        return candidate, start, ends
+
+        def kept_end(kept: int) -> int:
+            # Only the token a cut ends at is looked up: a field has thousands of tokens and is cut once or twice.
+            return min(encoding.token_to_chars(first + kept - 1)[1], end) - start if kept else 0
+
+        return candidate, start, last - first + 1, kept_end
 
     def _joined(self, example: Mapping[str, Any]) -> Any:
         prompt, completion = example["prompt"], example["completion"]

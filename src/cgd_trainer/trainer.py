@@ -291,12 +291,12 @@ class CGDTrainer(SFTTrainer):
                     num_proc=args.dataset_num_proc,
                     desc=f"Rendering CGD records of the {dataset_name} dataset",
                 )
-                counts = Counter(converted[_STATUS])
+                statuses = converted[_STATUS]
+                counts = Counter(statuses)
                 self._report(dataset_name, counts, len(dataset))
                 if counts[DROPPED]:
-                    converted = converted.filter(
-                        lambda status: status != DROPPED, input_columns=[_STATUS], num_proc=args.dataset_num_proc
-                    )
+                    # The statuses are already read: selecting the kept rows needs no pass (or worker pool) of its own.
+                    converted = converted.select([i for i, status in enumerate(statuses) if status != DROPPED])
                 if len(converted) == 0:
                     raise ValueError(
                         f"Every record of the {dataset_name} dataset was dropped: no refined answer fits "
