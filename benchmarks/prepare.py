@@ -252,12 +252,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per process; the median is shown")
     parser.add_argument("--before", default=BEFORE, help="commit of the `before` rows; 'none' to skip them")
     parser.add_argument("--lf_python", default=None, help="Python of a virtualenv with llamafactory 0.9.5")
+    parser.add_argument(
+        "--compare", default="before,trl,lf,limit", help="comma-separated rows beside CGD now: before, trl, lf, limit"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
         print(json.dumps(worker(json.loads(options.worker))))
         return
 
+    compare = set(options.compare.split(","))
     print(f"{options.records} records with the paper's length mix (maths-like text); times in seconds\n")
     print(
         "| vocabulary | max_length | records shortened | processes | preparation | seconds | records/s | "
@@ -275,22 +279,26 @@ def main() -> None:
                     spec.update(num_proc=num_proc, threads=threads, repeats=options.repeats)
                     after = run_worker({**spec, "kind": "cgd"})
                     rows = [("CGDTrainer, after", after)]
+                    limit = "limit" in compare
                     if threads:
                         # TRL, LLaMA-Factory and the commit before encode text by text: the threads change nothing.
-                        rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
+                        if limit:
+                            rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
                         print_rows(vocab, max_length, after, setting, rows)
                         continue
-                    if before is not None:
+                    if before is not None and "before" in compare:
                         rows.append(
                             (f"CGDTrainer, before ({options.before})", run_worker({**spec, "kind": "cgd"}, before))
                         )
-                    rows.append(("SFTTrainer on the same rendered text", run_worker({**spec, "kind": "trl"})))
-                    if options.lf_python:
+                    if "trl" in compare:
+                        rows.append(("SFTTrainer on the same rendered text", run_worker({**spec, "kind": "trl"})))
+                    if options.lf_python and "lf" in compare:
                         lf = llamafactory(
                             options.lf_python, vocab, options.records, max_length, num_proc, options.repeats, workdir
                         )
                         rows.append(("LLaMA-Factory 0.9.5 `get_dataset`", lf))
-                    rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
+                    if limit:
+                        rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
                     print_rows(vocab, max_length, after, setting, rows)
 
 
