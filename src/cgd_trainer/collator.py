@@ -32,12 +32,33 @@ logger = logging.getLogger(__name__)
 # information the refined answer depends on, the question the most.
 SHORTEN_ORDER = ("initial_response", "critique", "question")
 
+# Records in a batch encoded whole to learn how many characters a token holds, before any record is skimmed.
+_CALIBRATION = 16
+# A skimmed field keeps at least this many characters at its end, and a skim leaves out at least this many.
+_SKIM_TAIL = 64
+_SKIM_MIN_SAVING = 1000
+# The fields a skim may leave a middle out of, in `SHORTEN_ORDER`: the question is short and cut last.
+_SKIMMED = SHORTEN_ORDER[:2]
+# How many times max_length tokens a skim is meant to hold, at the most characters per token of the calibration.
+_SKIM_ROOM = 1.05
+# `_shorten`'s answer when a skim cannot tell where to cut.
+_UNPLANNED = object()
+
 # What `fit` reports for each record.
 KEPT, SHORTENED, DROPPED = "kept", "shortened", "dropped"
 
 
 def _tokenizer_of(processing_class: PreTrainedTokenizerBase | ProcessorMixin) -> PreTrainedTokenizerBase:
     return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+
+
+def _content_length(formatted: Mapping[str, Any]) -> int | None:
+    # The characters of an example's text besides its template: the messages' contents, or the prompt and completion.
+    prompt, completion = formatted["prompt"], formatted["completion"]
+    if isinstance(prompt, str):
+        return len(prompt) + len(completion)
+    contents = [message.get("content") for message in [*prompt, *completion]]
+    return sum(map(len, contents)) if all(isinstance(content, str) for content in contents) else None
 
 
 def has_chat_template(processing_class: PreTrainedTokenizerBase | ProcessorMixin | None) -> bool:
@@ -344,14 +365,48 @@ class CritiqueCollator(DataCollatorMixin):
             )
         encoder = ExampleEncoder(processing_class, layout)
         template_kwargs = [self._template_kwargs(example, chat_template) for example in examples]
+        skims = {}
+        if measure and self.truncation == "context" and encoder.splits_words and len(examples) > _CALIBRATION:
+            # Records certainly far too long are encoded with the middle of the fields to cut left out (`_skim`):
+            # the cuts planned from that shorter text are the ones the whole record would get.
+            encodings = encoder.encode(formatted[:_CALIBRATION], template_kwargs[:_CALIBRATION])
+            chars_per_token = max(len(e.text) / max(1, len(e.ids)) for e in encodings)
+            parts = [None] * _CALIBRATION + [record_format.parts(example) for example in examples[_CALIBRATION:]]
+            for i in range(_CALIBRATION, len(examples)):
+                skim = self._skim(parts[i], formatted[i], chars_per_token)
+                if skim is not None:
+                    skim_parts, seams = skim
+                    refined = examples[i][self.refined_response_field]
+                    skims[i] = (skim_parts, seams, self._render(skim_parts, refined, layout, indices[i], dataset_name))
+            texts = [skims[i][2] if i in skims else formatted[i] for i in range(_CALIBRATION, len(examples))]
+            encodings += encoder.encode(texts, template_kwargs[_CALIBRATION:])
+        else:
+            encodings = encoder.encode(formatted, template_kwargs)
+        shortened = {}
+        for i, (skim_parts, seams, _) in skims.items():
+            encoded = encodings[i]
+            if len(encoded.ids) > self.max_length:
+                shortened[i] = self._shorten(
+                    examples[i], layout, indices[i], dataset_name, encoder, encoded, record_format, skim_parts, seams
+                )
+        # A skimmed record whose cuts could not be planned from the skim (a rare guess too short) is encoded whole.
+        unplanned = [i for i in skims if shortened.get(i, _UNPLANNED) is _UNPLANNED]
+        for i, encoded in zip(
+            unplanned, encoder.encode([formatted[i] for i in unplanned], [template_kwargs[i] for i in unplanned])
+        ):
+            encodings[i] = encoded
+            shortened.pop(i, None)
         results = []
-        for example, index, encoded in zip(examples, indices, encoder.encode(formatted, template_kwargs)):
+        for i, (example, index, encoded) in enumerate(zip(examples, indices, encodings, strict=True)):
             status = KEPT
-            if measure and len(encoded.ids) > self.max_length:
+            if i in shortened or (measure and len(encoded.ids) > self.max_length):
                 if self.truncation == "drop":
                     results.append((None, DROPPED))
                     continue
-                encoded = self._shorten(example, layout, index, dataset_name, encoder, encoded, record_format)
+                if i in shortened:
+                    encoded = shortened[i]
+                else:
+                    encoded = self._shorten(example, layout, index, dataset_name, encoder, encoded, record_format)
                 if encoded is None:
                     results.append((None, DROPPED))
                     continue
@@ -364,13 +419,51 @@ class CritiqueCollator(DataCollatorMixin):
             results.append(({"input_ids": encoded.ids, "labels": [-100] * start + encoded.ids[start:]}, status))
         return results
 
-    def _shorten(self, example, layout, index, dataset_name, encoder, encoded, record_format) -> Encoded | None:
+    def _skim(self, parts: RecordParts, formatted: Mapping[str, Any], chars_per_token: float):
+        # A record whose text is far longer than `max_length` tokens even at the most characters per token seen in
+        # the batch leaves out the middle of the fields that would be cut: of the initial answer, and when even that
+        # answer's beginning would be cut away, of the critique too. Each skimmed field keeps its beginning and its
+        # last words, so every token outside the fields is the same as in the whole record. Returns the parts with
+        # the skimmed fields and, for each, where its kept beginning ends; None when there is little to leave out.
+        length = _content_length(formatted)
+        if length is None:
+            return None
+        # The skim is meant to hold a few percent more than max_length tokens.
+        excess = length - int((self.max_length * _SKIM_ROOM + 32) * chars_per_token)
+        if excess < max(_SKIM_MIN_SAVING, length // 10):
+            return None
+        seams = {}
+        for key in _SKIMMED:
+            value = getattr(parts, key) or ""
+            tail = len(value) - _SKIM_TAIL
+            # Keep what the excess leaves; with no room for any of the field, only its last words (it is cut whole).
+            seam = max(0, tail - excess)
+            # Both ends of the left-out middle at white space, so that the two pieces meet between words.
+            while seam > 0 and not value[seam].isspace():
+                seam -= 1
+            while tail > seam and not value[tail].isspace():
+                tail -= 1
+            if tail - seam < _SKIM_MIN_SAVING:
+                break
+            parts = replace(parts, **{key: value[:seam] + value[tail:]})
+            seams[key] = seam
+            excess -= tail - seam
+            if seam > 0 or excess < _SKIM_MIN_SAVING:
+                break  # a later field is skimmed only where this one is cut whole
+        return (parts, seams) if seams else None
+
+    def _shorten(
+        self, example, layout, index, dataset_name, encoder, encoded, record_format, parts=None, seams=None
+    ) -> Encoded | None:
         # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
         # long. Each round plans every cut the overflow needs, renders once, and tokenizes the record's text only
         # around the cuts where that can be relied on (`ExampleEncoder.respliced`, always from the whole record's
         # encoding, where each field's tokens are read too); a second round, for a token or two, is rare.
+        # With `parts` and `seams` the encoding is of a skim (`_skim`): every skimmed field must be cut, and a cut
+        # must end a few words before its field's seam, where the tokens are the whole record's; otherwise
+        # `_UNPLANNED` is returned.
         refined = example[self.refined_response_field]
-        parts = record_format.parts(example)
+        parts = parts if parts is not None else record_format.parts(example)
         # Cutting a field also adds the marker, whose tokens count against the room it frees.
         marker = encoder.token_count(self.truncation_marker)
         whole_record = encoded
@@ -382,7 +475,16 @@ class CritiqueCollator(DataCollatorMixin):
                 if overflow <= 0:
                     break
                 if key not in fields:
-                    cut, count, span = self._field_cutter(encoder, whole_record, getattr(parts, key) or "")
+                    value = getattr(parts, key) or ""
+                    cut, count, span = self._field_cutter(encoder, whole_record, value)
+                    if seams and key in seams:
+                        # The seam's place in the record's text (a template may strip the field's leading space).
+                        stripped = len(value) - len(value.lstrip()) if span and span[1] - span[0] != len(value) else 0
+                        seam_char = span[0] + max(0, seams[key] - stripped) if span else 0
+                        # The answer's last words must be words of their own, tokenized as in the whole record.
+                        if span is None or not encoder.ends_before(whole_record, seam_char, span[1]):
+                            return _UNPLANNED
+                        cut = self._planned(encoder, whole_record, cut, span[0], seam_char)
                     fields[key] = [cut, count, True, span]
                 cut, kept, whole, span = fields[key]
                 if kept == 0:
@@ -390,8 +492,11 @@ class CritiqueCollator(DataCollatorMixin):
                 added = marker if whole else 0
                 left = max(0, kept - overflow - added)
                 overflow -= kept - left - added
+                text = cut(left)
+                if text is None:
+                    return _UNPLANNED
                 fields[key][1:3] = [left, False]
-                parts = replace(parts, **{key: cut(left) + self.truncation_marker})
+                parts = replace(parts, **{key: text + self.truncation_marker})
                 changed = True
             if not changed:
                 return None
@@ -408,7 +513,21 @@ class CritiqueCollator(DataCollatorMixin):
             if encoded is None:
                 encoded = encoder.encode([formatted], [whole_record.template_kwargs])[0]
             overflow = len(encoded.ids) - self.max_length
+        if seams and any(fields.get(key, [None, None, True])[2] for key in seams):
+            return _UNPLANNED  # a skimmed field that the whole record keeps whole
         return encoded
+
+    @staticmethod
+    def _planned(encoder: ExampleEncoder, encoded: Encoded, cut, start: int, seam_char: int):
+        # `cut` for a skimmed field, giving None for a cut whose last token lies too near the seam to be the whole
+        # record's token.
+        def checked(kept: int) -> str | None:
+            text = cut(kept)
+            if kept == 0 or encoder.ends_before(encoded, start + len(text), seam_char):
+                return text
+            return None
+
+        return checked
 
     @staticmethod
     def _field_cutter(encoder: ExampleEncoder, encoded: Encoded, value: str):

@@ -76,6 +76,8 @@ class ExampleEncoder:
         self.fast = self.by_text and bool(getattr(self.tokenizer, "is_fast", False))
         # TRL tokenizes a rendered chat without special tokens (the template wrote them) and plain text with them.
         self.add_special_tokens = not self.chat
+        # Whether the fast tokenizer splits text into words first, which `ends_before` and the splices count in.
+        self.splits_words = self.fast and self.tokenizer.backend_tokenizer.pre_tokenizer is not None
         self._tails: dict[tuple[str | None, str], list[int] | None] = {}
         self._leads: dict[str, list[int]] = {}
         if self.fast:
@@ -347,6 +349,20 @@ class ExampleEncoder:
                     chars = encoding.token_to_chars(span[1] - 1)
                     return (j, span[1] - j, chars[1]) if chars is not None else None
         return None
+
+    def ends_before(self, encoded: Encoded, end: int, limit: int) -> bool:
+        """
+        Whether the tokens of `encoded.text` up to character `end` stay the same whatever text follows character
+        `limit`: the token ending there lies more than two words (`_WORDS_BACK`) before the word at `limit`.
+        """
+        encoding = encoded.encoding
+        if encoding is None or end <= 0 or limit <= end:
+            return False
+        last, at = encoding.char_to_token(end - 1), encoding.char_to_token(limit - 1)
+        if last is None or at is None:
+            return False
+        word, limit_word = encoding.token_to_word(last), encoding.token_to_word(at)
+        return word is not None and limit_word is not None and word < limit_word - _WORDS_BACK
 
     def token_count(self, text: str) -> int:
         """The number of tokens of `text` on its own, without special tokens (kept, for texts that recur)."""

@@ -199,3 +199,99 @@ def test_streaming_records_are_tokenized_in_batches(tmp_path, tokenizers, long_r
     assert [row["input_ids"] for row in rows] == in_memory.train_dataset["input_ids"]
     # Streaming counts grow each time the stream is read (TRL and this test read it): at least one pass's worth.
     assert trainer.cgd_stats["train"]["shortened"] >= 4 and trainer.cgd_stats["train"]["dropped"] >= 2
+
+
+def _very_long_records(n: int) -> list[dict]:
+    # Every other record's initial answer is several times max_length: far too long, it is skimmed (`_skim`). Every
+    # fourth record's critique is too, so that the whole answer is cut away and the critique is cut as well.
+    records = make_records(n, seed=6)
+    for i, record in enumerate(records):
+        if i % 2:
+            steps = " ".join(f"Step {k}: I add the digits of {k} and {k + 7} again." for k in range(40 + 4 * i))
+            record["initial_response"] = f"{record['initial_response']}\n{steps}\nSo the answer stays."
+        if i % 4 == 3:
+            remarks = " ".join(f"Remark {k}: the carry into column {k % 3} was lost." for k in range(60 + 3 * i))
+            record["critique"] = f"{remarks}\n{record['critique']}"
+    return records
+
+
+@pytest.mark.parametrize(("family", "layout"), CASES)
+def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, family, layout):
+    # A record far longer than max_length is encoded with the middle of its initial answer left out; the cuts planned
+    # from that shorter text, and so the rows, are exactly those of the whole record's encoding.
+    from cgd_trainer import collator as collator_module
+
+    tokenizer = all_tokenizers[family]
+    records = _very_long_records(48)
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    texts = _count_tokenized(monkeypatch, tokenizer)
+    skims = []
+    original = CritiqueCollator._skim
+    monkeypatch.setattr(CritiqueCollator, "_skim", lambda *args: skims.append(original(*args)) or skims[-1])
+    skimmed = collator.fit_batch(records, layout), collator.fit_batch(records, layout, tokenize=False)
+    read = sum(map(len, texts))
+    monkeypatch.setattr(collator_module, "_CALIBRATION", 10**9)  # no skim: every record encoded whole
+    texts.clear()
+    whole = collator.fit_batch(records, layout), collator.fit_batch(records, layout, tokenize=False)
+    assert skimmed == whole
+    assert [status for _, status in whole[0]].count("shortened") >= 20
+    if family == "legacy":  # no words to find a seam between: nothing is skimmed
+        assert read == sum(map(len, texts)) and not skims
+    else:  # the skims left out at least a quarter of the text to tokenize, critiques' middles too
+        assert read < 0.75 * sum(map(len, texts)), f"{read} characters tokenized against {sum(map(len, texts))}"
+        assert sum(skim is not None and "critique" in skim[1] for skim in skims) >= 10
+
+
+def test_a_skim_that_cannot_be_planned_from_falls_back_to_the_whole_record(all_tokenizers, monkeypatch):
+    tokenizer, layout = all_tokenizers["chatml"], "single_turn"
+    records = _very_long_records(40)
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    expected = collator.fit_batch(records, layout)
+    # No cut can be shown to end where the skim's tokens are the whole record's: each is encoded whole after all.
+    monkeypatch.setattr(ExampleEncoder, "ends_before", lambda self, encoded, end, limit: False)
+    texts = _count_tokenized(monkeypatch, tokenizer)
+    assert collator.fit_batch(records, layout) == expected
+    tried = [
+        any(r["prompt"] in text and r["initial_response"] not in text for text in texts)
+        and any(r["initial_response"] in text for text in texts)
+        for r in records[17::2]
+    ]
+    assert sum(tried) >= 10, tried  # each skim was tried, then its whole record encoded
+
+
+def test_a_cut_near_the_seam_is_not_planned_from_the_skim(all_tokenizers, monkeypatch):
+    # A skim holding barely more than max_length tokens puts some cuts within two words of its seam, where its tokens
+    # may differ from the whole record's: those records are encoded whole, and every row stays the same.
+    from cgd_trainer import collator as collator_module
+
+    tokenizer, layout = all_tokenizers["llama3"], "single_turn"
+    records = _very_long_records(64)
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    expected = collator.fit_batch(records, layout)
+    refused = []
+    original = ExampleEncoder.ends_before
+
+    def spy(self, encoded, end, limit):
+        kept = original(self, encoded, end, limit)
+        refused.append(not kept and limit - end < 40)
+        return kept
+
+    monkeypatch.setattr(ExampleEncoder, "ends_before", spy)
+    for room in (0.7, 0.72, 0.74, 0.76, 1.0):
+        monkeypatch.setattr(collator_module, "_SKIM_ROOM", room)
+        assert collator.fit_batch(records, layout) == expected, room
+    assert any(refused)
+
+
+def test_ends_before_counts_words_back_from_the_limit(tokenizers):
+    tokenizer = tokenizers["chatml"]
+    encoder = ExampleEncoder(tokenizer, "plain")
+    text = "alpha beta gamma delta epsilon zeta"
+    encoded = encoder.encode([{"prompt": text, "completion": ""}], [{}])[0]
+    limit = text.index(" zeta")
+    assert encoder.ends_before(encoded, text.index(" gamma"), limit)  # beta: three words before epsilon
+    assert not encoder.ends_before(encoded, text.index(" delta"), limit)  # gamma: two words before
+    assert not encoder.ends_before(encoded, limit, limit)
