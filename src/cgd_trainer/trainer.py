@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
+from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 from trl import SFTConfig, SFTTrainer
@@ -281,16 +282,22 @@ class CGDTrainer(SFTTrainer):
         remove = self._columns_to_remove(dataset, with_prompt=pretokenize)
         with global_then_local_main_first():
             if isinstance(dataset, Dataset):
-                converted = dataset.map(
-                    _fit_rows,
-                    fn_kwargs={"collator": collator, **fn_kwargs},
-                    batched=True,
-                    batch_size=PREPARE_BATCH_SIZE,
-                    with_indices=True,
-                    remove_columns=remove,
-                    num_proc=args.dataset_num_proc,
-                    desc=f"Rendering CGD records of the {dataset_name} dataset",
-                )
+                fn_kwargs["collator"] = collator
+                # The fingerprint `datasets` would compute from these arguments, computed here because its workers
+                # are handed them through `_Inherited`.
+                fingerprint = Hasher.hash([dataset._fingerprint, _fit_rows, fn_kwargs, PREPARE_BATCH_SIZE, remove])
+                with _Inherited(fn_kwargs) as inherited:
+                    converted = dataset.map(
+                        _fit_inherited_rows,
+                        fn_kwargs={"inherited": inherited},
+                        batched=True,
+                        batch_size=PREPARE_BATCH_SIZE,
+                        with_indices=True,
+                        remove_columns=remove,
+                        num_proc=args.dataset_num_proc,
+                        new_fingerprint=fingerprint,
+                        desc=f"Rendering CGD records of the {dataset_name} dataset",
+                    )
                 statuses = converted[_STATUS]
                 counts = Counter(statuses)
                 self._report(dataset_name, counts, len(dataset))
@@ -511,6 +518,45 @@ class _UpdatePrecisionCheck(TrainerCallback):
 
 def _format_row(example, collator, layout):
     return collator.format(example, layout, index=0, dataset_name="train")
+
+
+class _Inherited:
+    """
+    Hands `Dataset.map`'s keyword arguments to worker processes that are forked (the default on Linux) through the
+    memory they inherit, instead of pickling a copy for each: unpickling a large vocabulary's tokenizer takes about
+    half a second in every worker (Tekken's 131k tokens), more than the records of a small dataset take to prepare.
+    Elsewhere (spawned workers, or outside the `with` block) it pickles what it holds.
+    """
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __enter__(self) -> _Inherited:
+        _INHERITED[id(self)] = self.value
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _INHERITED.pop(id(self), None)
+
+    def __reduce__(self):
+        import multiprocess
+
+        # `datasets` forks its workers with `multiprocess`; the first start method listed is the default one.
+        forked = (multiprocess.get_start_method(allow_none=True) or multiprocess.get_all_start_methods()[0]) == "fork"
+        if forked and id(self) in _INHERITED:
+            return _inherited, (id(self),)
+        return _Inherited, (self.value,)
+
+
+_INHERITED: dict[int, Any] = {}
+
+
+def _inherited(key: int) -> _Inherited:
+    return _Inherited(_INHERITED[key])
+
+
+def _fit_inherited_rows(batch, indices, inherited: _Inherited):
+    return _fit_rows(batch, indices, **inherited.value)
 
 
 def _fit_rows(

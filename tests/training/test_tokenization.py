@@ -1,10 +1,11 @@
 """One tokenization per record: rows equal to TRL's own tokenization of the rendered examples, in every layout and
 template family, shortened or not, and no unshortened record's text tokenized twice."""
 
+import json
 import logging
 
 import pytest
-from datasets import Dataset
+from datasets import Dataset, load_dataset
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from trl import SFTTrainer
@@ -295,3 +296,27 @@ def test_ends_before_counts_words_back_from_the_limit(tokenizers):
     assert encoder.ends_before(encoded, text.index(" gamma"), limit)  # beta: three words before epsilon
     assert not encoder.ends_before(encoded, text.index(" delta"), limit)  # gamma: two words before
     assert not encoder.ends_before(encoded, limit, limit)
+
+
+def test_worker_processes_inherit_the_tokenizer_and_rows_stay_the_same(tmp_path, tokenizers, long_records):
+    # With dataset_num_proc the forked workers find the tokenizer in the memory they inherit (`_Inherited`) instead of
+    # each unpickling a copy; the rows, the counts and `datasets`' cache fingerprint are what one process gives.
+    import pickle
+
+    from cgd_trainer.trainer import _Inherited, prepare_records
+
+    tokenizer = tokenizers["chatml"]
+    with _Inherited({"processing_class": tokenizer}) as inherited:
+        assert len(pickle.dumps(inherited)) < 200
+    assert len(pickle.dumps(inherited)) > 10_000  # outside the block: a copy, as for spawned workers
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in long_records))
+    dataset = load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp_path / "cache"))
+    prepared = {}
+    for num_proc in (None, 2, 2):
+        args = make_config(tmp_path, max_length=MAX_LENGTH, dataset_num_proc=num_proc)
+        rows, counts = prepare_records(dataset, tokenizer, args)
+        prepared.setdefault(num_proc, []).append((rows["input_ids"], rows["labels"], counts, rows._fingerprint))
+    assert prepared[None][0][:3] == prepared[2][0][:3] == prepared[2][1][:3]
+    assert prepared[2][0][3] == prepared[2][1][3]  # the same preparation: the same fingerprint, read from the cache
+    assert prepared[None][0][2] == {"kept": 12, "shortened": 4, "dropped": 2}
