@@ -228,13 +228,13 @@ def before_source(rev: str, workdir: Path) -> str:
     return str(target / "src")
 
 
-def print_rows(vocab: str, max_length: int, after: dict, setting: str, rows: list) -> None:
+def print_rows(vocab: str, max_length: int, setting: str, rows: dict) -> None:
     processes = f"{setting[:-1]} + tokenizer threads" if setting.endswith("t") else setting
-    for name, measured in rows:
-        ratio = measured["seconds"] / after["seconds"]
-        relation = "—" if measured is after else f"{ratio:.2f}× as fast" if ratio >= 1 else f"{1 / ratio:.2f}× as slow"
+    for i, (name, measured) in enumerate(rows.items()):
+        ratio = measured["ratio"]
+        relation = "—" if i == 0 else f"{ratio:.2f}× as fast" if ratio >= 1 else f"{1 / ratio:.2f}× as slow"
         print(
-            f"| {vocab} | {max_length} | {after['shortened']} | {processes} | {name} | {measured['seconds']:.2f} | "
+            f"| {vocab} | {max_length} | {measured['shortened']} | {processes} | {name} | {measured['seconds']:.2f} | "
             f"{measured['rows'] / measured['seconds']:.0f} | {measured['tokens'] / measured['seconds'] / 1e6:.2f}M | "
             f"{relation} |",
             flush=True,
@@ -249,7 +249,9 @@ def main() -> None:
     parser.add_argument(
         "--num_procs", default="1,2,1t", help="processes; `1t`: one process with the tokenizer's threads (the default)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per process; the median is shown")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds, each measuring every kind once in a rotating order"
+    )
     parser.add_argument("--before", default=BEFORE, help="commit of the `before` rows; 'none' to skip them")
     parser.add_argument("--lf_python", default=None, help="Python of a virtualenv with llamafactory 0.9.5")
     parser.add_argument(
@@ -265,7 +267,7 @@ def main() -> None:
     print(f"{options.records} records with the paper's length mix (maths-like text); times in seconds\n")
     print(
         "| vocabulary | max_length | records shortened | processes | preparation | seconds | records/s | "
-        "tokens/s | CGDTrainer after is |"
+        "tokens/s | CGDTrainer after is (median of the rounds' ratios) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as workdir:
@@ -276,30 +278,49 @@ def main() -> None:
                 for setting in options.num_procs.split(","):
                     num_proc, threads = int(setting.rstrip("t")), setting.endswith("t")
                     spec = {"vocab": vocab, "records": options.records, "max_length": max_length}
-                    spec.update(num_proc=num_proc, threads=threads, repeats=options.repeats)
-                    after = run_worker({**spec, "kind": "cgd"})
-                    rows = [("CGDTrainer, after", after)]
-                    limit = "limit" in compare
-                    if threads:
-                        # TRL, LLaMA-Factory and the commit before encode text by text: the threads change nothing.
-                        if limit:
-                            rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
-                        print_rows(vocab, max_length, after, setting, rows)
-                        continue
-                    if before is not None and "before" in compare:
-                        rows.append(
-                            (f"CGDTrainer, before ({options.before})", run_worker({**spec, "kind": "cgd"}, before))
+                    spec.update(num_proc=num_proc, threads=threads, repeats=1)
+                    kinds = {"CGDTrainer, after": lambda spec=spec: run_worker({**spec, "kind": "cgd"})}
+                    # TRL, LLaMA-Factory and the commit before encode text by text: the threads change nothing.
+                    if before is not None and "before" in compare and not threads:
+                        kinds[f"CGDTrainer, before ({options.before})"] = lambda spec=spec: run_worker(
+                            {**spec, "kind": "cgd"}, before
                         )
-                    if "trl" in compare:
-                        rows.append(("SFTTrainer on the same rendered text", run_worker({**spec, "kind": "trl"})))
-                    if options.lf_python and "lf" in compare:
-                        lf = llamafactory(
-                            options.lf_python, vocab, options.records, max_length, num_proc, options.repeats, workdir
+                    if "trl" in compare and not threads:
+                        kinds["SFTTrainer on the same rendered text"] = lambda spec=spec: run_worker(
+                            {**spec, "kind": "trl"}
                         )
-                        rows.append(("LLaMA-Factory 0.9.5 `get_dataset`", lf))
-                    if limit:
-                        rows.append(("`encode_batch` limit (same texts)", run_worker({**spec, "kind": "limit"})))
-                    print_rows(vocab, max_length, after, setting, rows)
+                    if options.lf_python and "lf" in compare and not threads:
+                        kinds["LLaMA-Factory 0.9.5 `get_dataset`"] = lambda vocab=vocab, n=max_length, p=num_proc: (
+                            llamafactory(options.lf_python, vocab, options.records, n, p, 1, workdir)
+                        )
+                    if "limit" in compare:
+                        kinds["`encode_batch` limit (same texts)"] = lambda spec=spec: run_worker(
+                            {**spec, "kind": "limit"}
+                        )
+                    print_rows(vocab, max_length, setting, interleaved(kinds, options.repeats))
+
+
+def interleaved(kinds: dict, rounds: int) -> dict:
+    """
+    Measures every kind once per round, in an order that rotates from round to round, so that a slow minute of the
+    machine falls on all of them; each kind's median seconds, and the median over rounds of its time divided by CGD's
+    time in the same round.
+    """
+    names = list(kinds)
+    runs = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            runs[name].append(kinds[name]())
+    after = runs[names[0]]
+    return {
+        name: {
+            **measured[0],
+            "seconds": statistics.median(run["seconds"] for run in measured),
+            "ratio": statistics.median(run["seconds"] / cgd["seconds"] for run, cgd in zip(measured, after)),
+            "shortened": after[0]["shortened"],
+        }
+        for name, measured in runs.items()
+    }
 
 
 if __name__ == "__main__":
