@@ -331,8 +331,9 @@ class CritiqueCollator(DataCollatorMixin):
         """
         Validates, renders and fits many records, tokenizing each record's text once, all in one call to a fast
         tokenizer (see [`~tokenization.ExampleEncoder`]). Only records that had to be shortened are tokenized again,
-        around their cuts where that can be relied on. The rows are exactly what TRL's own tokenization of the
-        rendered examples gives.
+        around their cuts where that can be relied on. A record far longer than `max_length` is encoded with the
+        middle of the fields it loses left out, which gives the same cuts. The rows are exactly what TRL's own
+        tokenization of the rendered examples gives.
 
         Args:
             examples (`Sequence[Mapping[str, Any]]`): The raw records.
