@@ -216,6 +216,13 @@ def _very_long_records(n: int) -> list[dict]:
     return records
 
 
+def _fitting_the_ordinary_records(tokenizer, layout: str, records: list[dict]) -> CritiqueCollator:
+    # max_length fits the ordinary (even) records whole, so that every long one is shortened.
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    return collator
+
+
 @pytest.mark.parametrize(("family", "layout"), CASES)
 def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, family, layout):
     # A record far longer than max_length is encoded with the middle of its initial answer left out; the cuts planned
@@ -224,8 +231,7 @@ def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, fami
 
     tokenizer = all_tokenizers[family]
     records = _very_long_records(48)
-    collator = CritiqueCollator(tokenizer, layout=layout)
-    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    collator = _fitting_the_ordinary_records(tokenizer, layout, records)
     texts = _count_tokenized(monkeypatch, tokenizer)
     skims = []
     original = CritiqueCollator._skim
@@ -247,8 +253,7 @@ def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, fami
 def test_a_skim_that_cannot_be_planned_from_falls_back_to_the_whole_record(all_tokenizers, monkeypatch):
     tokenizer, layout = all_tokenizers["chatml"], "single_turn"
     records = _very_long_records(40)
-    collator = CritiqueCollator(tokenizer, layout=layout)
-    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    collator = _fitting_the_ordinary_records(tokenizer, layout, records)
     expected = collator.fit_batch(records, layout)
     # No cut can be shown to end where the skim's tokens are the whole record's: each is encoded whole after all.
     monkeypatch.setattr(ExampleEncoder, "ends_before", lambda self, encoded, end, limit: False)
@@ -269,8 +274,7 @@ def test_a_cut_near_the_seam_is_not_planned_from_the_skim(all_tokenizers, monkey
 
     tokenizer, layout = all_tokenizers["llama3"], "single_turn"
     records = _very_long_records(64)
-    collator = CritiqueCollator(tokenizer, layout=layout)
-    collator.max_length = max(len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for r in records[::2])
+    collator = _fitting_the_ordinary_records(tokenizer, layout, records)
     expected = collator.fit_batch(records, layout)
     refused = []
     original = ExampleEncoder.ends_before
