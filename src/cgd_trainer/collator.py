@@ -261,7 +261,7 @@ class CritiqueCollator(DataCollatorMixin):
         Returns:
             `dict`: `{"prompt", "completion"}`, as chat messages for the chat layouts and as strings for `plain`.
         """
-        return self._format(example, layout, index, dataset_name, self.record_format)
+        return self._format(example, layout, index, dataset_name, self.record_format)[1]
 
     def fit(
         self,
@@ -351,10 +351,11 @@ class CritiqueCollator(DataCollatorMixin):
         """
         indices = list(indices) if indices is not None else [None] * len(examples)
         record_format = self.record_format
-        formatted = [
+        rendered = [
             self._format(example, layout, index, dataset_name, record_format)
             for example, index in zip(examples, indices, strict=True)
         ]
+        parts, formatted = [p for p, _ in rendered], [f for _, f in rendered]
         measure = self.max_length is not None and self.truncation != "none"
         if not tokenize and not measure:
             return [(example, KEPT) for example in formatted]
@@ -372,15 +373,14 @@ class CritiqueCollator(DataCollatorMixin):
             # the cuts planned from that shorter text are the ones the whole record would get.
             encodings = encoder.encode(formatted[:_CALIBRATION], template_kwargs[:_CALIBRATION])
             chars_per_token = max(len(e.text) / max(1, len(e.ids)) for e in encodings)
-            parts = [None] * _CALIBRATION + [record_format.parts(example) for example in examples[_CALIBRATION:]]
             for i in range(_CALIBRATION, len(examples)):
                 skim = self._skim(parts[i], formatted[i], chars_per_token)
                 if skim is not None:
                     skim_parts, seams = skim
                     refined = examples[i][self.refined_response_field]
                     skims[i] = (skim_parts, seams, self._render(skim_parts, refined, layout, indices[i], dataset_name))
-            texts = [skims[i][2] if i in skims else formatted[i] for i in range(_CALIBRATION, len(examples))]
-            encodings += encoder.encode(texts, template_kwargs[_CALIBRATION:])
+            to_encode = [skims[i][2] if i in skims else formatted[i] for i in range(_CALIBRATION, len(examples))]
+            encodings += encoder.encode(to_encode, template_kwargs[_CALIBRATION:])
         else:
             encodings = encoder.encode(formatted, template_kwargs)
         shortened = {}
@@ -388,7 +388,7 @@ class CritiqueCollator(DataCollatorMixin):
             encoded = encodings[i]
             if len(encoded.ids) > self.max_length:
                 shortened[i] = self._shorten(
-                    examples[i], layout, indices[i], dataset_name, encoder, encoded, record_format, skim_parts, seams
+                    examples[i], layout, indices[i], dataset_name, encoder, encoded, skim_parts, seams
                 )
         # A skimmed record whose cuts could not be planned from the skim (a rare guess too short) is encoded whole.
         unplanned = [i for i in skims if shortened.get(i, _UNPLANNED) is _UNPLANNED]
@@ -398,7 +398,9 @@ class CritiqueCollator(DataCollatorMixin):
             encodings[i] = encoded
             shortened.pop(i, None)
         results = []
-        for i, (example, index, encoded) in enumerate(zip(examples, indices, encodings, strict=True)):
+        for i, (example, index, encoded, record_parts) in enumerate(
+            zip(examples, indices, encodings, parts, strict=True)
+        ):
             status = KEPT
             if i in shortened or (measure and len(encoded.ids) > self.max_length):
                 if self.truncation == "drop":
@@ -407,7 +409,7 @@ class CritiqueCollator(DataCollatorMixin):
                 if i in shortened:
                     encoded = shortened[i]
                 else:
-                    encoded = self._shorten(example, layout, index, dataset_name, encoder, encoded, record_format)
+                    encoded = self._shorten(example, layout, index, dataset_name, encoder, encoded, record_parts)
                 if encoded is None:
                     results.append((None, DROPPED))
                     continue
@@ -453,18 +455,15 @@ class CritiqueCollator(DataCollatorMixin):
                 break  # a later field is skimmed only where this one is cut whole
         return (parts, seams) if seams else None
 
-    def _shorten(
-        self, example, layout, index, dataset_name, encoder, encoded, record_format, parts=None, seams=None
-    ) -> Encoded | None:
+    def _shorten(self, example, layout, index, dataset_name, encoder, encoded, parts, seams=None) -> Encoded | None:
         # Cuts the context fields in `SHORTEN_ORDER` until the example fits; None when even an empty context is too
         # long. Each round plans every cut the overflow needs, renders once, and tokenizes the record's text only
         # around the cuts where that can be relied on (`ExampleEncoder.respliced`, always from the whole record's
         # encoding, where each field's tokens are read too); a second round, for a token or two, is rare.
-        # With `parts` and `seams` the encoding is of a skim (`_skim`): every skimmed field must be cut, and a cut
+        # With `seams` the encoding and `parts` are a skim's (`_skim`): every skimmed field must be cut, and a cut
         # must end a few words before its field's seam, where the tokens are the whole record's; otherwise
         # `_UNPLANNED` is returned.
         refined = example[self.refined_response_field]
-        parts = parts if parts is not None else record_format.parts(example)
         # Cutting a field also adds the marker, whose tokens count against the room it frees.
         marker = encoder.token_count(self.truncation_marker)
         whole_record = encoded
@@ -479,11 +478,13 @@ class CritiqueCollator(DataCollatorMixin):
                     value = getattr(parts, key) or ""
                     cut, count, span = self._field_cutter(encoder, whole_record, value)
                     if seams and key in seams:
+                        if span is None:
+                            return _UNPLANNED
                         # The seam's place in the record's text (a template may strip the field's leading space).
-                        stripped = len(value) - len(value.lstrip()) if span and span[1] - span[0] != len(value) else 0
-                        seam_char = span[0] + max(0, seams[key] - stripped) if span else 0
-                        # The answer's last words must be words of their own, tokenized as in the whole record.
-                        if span is None or not encoder.ends_before(whole_record, seam_char, span[1]):
+                        stripped = len(value) - len(value.lstrip()) if span[1] - span[0] != len(value) else 0
+                        seam_char = span[0] + max(0, seams[key] - stripped)
+                        # The field's last words must be words of their own, tokenized as in the whole record.
+                        if not encoder.ends_before(whole_record, seam_char, span[1]):
                             return _UNPLANNED
                         cut = self._planned(encoder, whole_record, cut, span[0], seam_char)
                     fields[key] = [cut, count, True, span]
@@ -514,7 +515,7 @@ class CritiqueCollator(DataCollatorMixin):
             if encoded is None:
                 encoded = encoder.encode([formatted], [whole_record.template_kwargs])[0]
             overflow = len(encoded.ids) - self.max_length
-        if seams and any(fields.get(key, [None, None, True])[2] for key in seams):
+        if seams and any(key not in fields or fields[key][2] for key in seams):
             return _UNPLANNED  # a skimmed field that the whole record keeps whole
         return encoded
 
@@ -635,10 +636,10 @@ class CritiqueCollator(DataCollatorMixin):
         return kwargs
 
     def _format(self, example, layout, index, dataset_name, record_format: RecordFormat):
-        # `format` with the record format resolved once for a batch.
+        # `format` with the record format resolved once for a batch: the record's parts and its rendered example.
         validate_record(example, index, dataset_name, self.fields)
         parts = record_format.parts(example)
-        return self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
+        return parts, self._render(parts, example[self.refined_response_field], layout, index, dataset_name)
 
     def _render(self, parts: RecordParts, refined: str, layout: str, index: int | None, dataset_name: str):
         # The context comes from the shared renderer; the target is the refined answer, as a turn or as text.
