@@ -22,7 +22,7 @@ Records: `common.maths_like_records` (the paper's length mix in words, written l
 (nothing is shortened) and 4096 (most records are).
 
 Run: `pip install mistral-common` (for Tekken), then `python benchmarks/prepare.py [--lf_python <venv>/bin/python]`
-(about 10 minutes with LLaMA-Factory).
+(about 40 minutes with LLaMA-Factory).
 """
 
 from __future__ import annotations
@@ -57,13 +57,10 @@ from llamafactory.model import load_tokenizer
 model_args, data_args, training_args, _, _ = get_train_args(json.loads(sys.argv[1]))
 tokenizer_module = load_tokenizer(model_args)
 template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-times = []
-for _ in range(int(sys.argv[2])):
-    start = time.perf_counter()
-    module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
-    rows = module["train_dataset"]
-    times.append(time.perf_counter() - start)
-seconds = sorted(times)[len(times) // 2]
+start = time.perf_counter()
+module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
+rows = module["train_dataset"]
+seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "rows": len(rows), "tokens": sum(map(len, rows["input_ids"]))}))
 """
 
@@ -91,14 +88,8 @@ def load_tokenizer(vocab: str):
     raise ValueError(f"Unknown vocabulary {vocab!r}; choose among smollm2, tekken, tiny.")
 
 
-def worker(spec: dict) -> dict:
-    """One kind of preparation measured `repeats` times in this process: the median seconds, rows and tokens."""
-    runs = [measure_once(spec) for _ in range(spec["repeats"])]
-    return {**runs[0], "seconds": statistics.median(run["seconds"] for run in runs)}
-
-
-def measure_once(spec: dict) -> dict:
-    """One measurement: seconds, rows and tokens of one preparation."""
+def measure(spec: dict) -> dict:
+    """One measurement, in this process: seconds, rows and tokens of one preparation."""
     from common import bench_config, maths_like_records, quiet
     from datasets import Dataset
 
@@ -156,9 +147,7 @@ def run_worker(spec: dict, src: str | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def llamafactory(
-    lf_python: str, vocab: str, n: int, max_length: int, num_proc: int, repeats: int, workdir: Path
-) -> dict:
+def llamafactory(lf_python: str, vocab: str, n: int, max_length: int, num_proc: int, workdir: Path) -> dict:
     """LLaMA-Factory's preparation of the same records (exported as Alpaca by `cgd build`)."""
     from common import maths_like_records
 
@@ -207,7 +196,7 @@ def llamafactory(
         "TOKENIZERS_PARALLELISM": "false",
     }
     result = subprocess.run(
-        [lf_python, str(script), json.dumps(config), str(repeats)],
+        [lf_python, str(script), json.dumps(config)],
         capture_output=True,
         text=True,
         env=env,
@@ -260,7 +249,7 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        print(json.dumps(worker(json.loads(options.worker))))
+        print(json.dumps(measure(json.loads(options.worker))))
         return
 
     compare = set(options.compare.split(","))
@@ -278,7 +267,7 @@ def main() -> None:
                 for setting in options.num_procs.split(","):
                     num_proc, threads = int(setting.rstrip("t")), setting.endswith("t")
                     spec = {"vocab": vocab, "records": options.records, "max_length": max_length}
-                    spec.update(num_proc=num_proc, threads=threads, repeats=1)
+                    spec.update(num_proc=num_proc, threads=threads)
                     kinds = {"CGDTrainer, after": lambda spec=spec: run_worker({**spec, "kind": "cgd"})}
                     # TRL, LLaMA-Factory and the commit before encode text by text: the threads change nothing.
                     if before is not None and "before" in compare and not threads:
@@ -291,7 +280,7 @@ def main() -> None:
                         )
                     if options.lf_python and "lf" in compare and not threads:
                         kinds["LLaMA-Factory 0.9.5 `get_dataset`"] = lambda vocab=vocab, n=max_length, p=num_proc: (
-                            llamafactory(options.lf_python, vocab, options.records, n, p, 1, workdir)
+                            llamafactory(options.lf_python, vocab, options.records, n, p, workdir)
                         )
                     if "limit" in compare:
                         kinds["`encode_batch` limit (same texts)"] = lambda spec=spec: run_worker(
