@@ -464,10 +464,11 @@ class CritiqueCollator(DataCollatorMixin):
         # must end a few words before its field's seam, where the tokens are the whole record's; otherwise
         # `_UNPLANNED` is returned.
         refined = example[self.refined_response_field]
-        # Cutting a field also adds the marker, whose tokens count against the room it frees.
+        # Cutting a field also adds the marker, whose tokens count against the room it frees: as many as it takes
+        # before the text that follows the field, where known.
         marker = encoder.token_count(self.truncation_marker)
         whole_record = encoded
-        fields = {}  # key -> [cut(kept) -> text, tokens kept, still whole, span in the whole record's text]
+        fields = {}  # key -> [cut(kept) -> text, tokens kept, still whole, span in the whole record's text, marker]
         overflow = len(encoded.ids) - self.max_length
         while overflow > 0:
             changed = False
@@ -487,11 +488,12 @@ class CritiqueCollator(DataCollatorMixin):
                         if not encoder.ends_before(whole_record, seam_char, span[1]):
                             return _UNPLANNED
                         cut = self._planned(encoder, whole_record, cut, span[0], seam_char)
-                    fields[key] = [cut, count, True, span]
-                cut, kept, whole, span = fields[key]
+                    cost = encoder.inserted_tokens(whole_record, span[1], self.truncation_marker) if span else None
+                    fields[key] = [cut, count, True, span, marker if cost is None else cost]
+                cut, kept, whole, span, cost = fields[key]
                 if kept == 0:
                     continue
-                added = marker if whole else 0
+                added = cost if whole else 0
                 left = max(0, kept - overflow - added)
                 overflow -= kept - left - added
                 text = cut(left)
@@ -506,7 +508,7 @@ class CritiqueCollator(DataCollatorMixin):
             # Only the dropped end of each cut field changes (to the marker), so the windows to tokenize are small.
             replacements = [
                 (span[0] + len(cut(kept)), span[1], self.truncation_marker) if span else None
-                for cut, kept, whole, span in fields.values()
+                for cut, kept, whole, span, _ in fields.values()
                 if not whole
             ]
             encoded = None

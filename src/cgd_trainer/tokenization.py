@@ -41,7 +41,8 @@ class Encoded:
     Args:
         ids (`list[int]`): The tokens of the prompt followed by the completion.
         text (`str`, *optional*): The text those tokens encode (not for processors, which TRL tokenizes from messages).
-        prompt_text (`str`, *optional*): The prompt alone as TRL tokenizes it (with the generation prompt for chats).
+        prompt_text (`str`, *optional*): The prompt alone as TRL tokenizes it (with the generation prompt for chats);
+            rendered when first needed where it is `None` and `text` is set.
         encoding (*optional*): The fast tokenizer's `tokenizers.Encoding` of `text`, which maps tokens to characters.
         formatted (`Mapping`): The `{"prompt", "completion"}` example.
         template_kwargs (`Mapping`): Its `apply_chat_template` arguments.
@@ -90,17 +91,29 @@ class ExampleEncoder:
 
     def texts(self, formatted: Mapping[str, Any], template_kwargs: Mapping[str, Any]) -> tuple[str, str]:
         """The text TRL tokenizes for the whole example, and for its prompt alone."""
+        return self.whole_text(formatted, template_kwargs), self.prompt_text(formatted, template_kwargs)
+
+    def whole_text(self, formatted: Mapping[str, Any], template_kwargs: Mapping[str, Any]) -> str:
+        """The text TRL tokenizes for the whole example."""
         prompt, completion = formatted["prompt"], formatted["completion"]
         if self.chat:
-            render = self.tokenizer.apply_chat_template
-            whole = render(list(prompt) + list(completion), tokenize=False, **template_kwargs)
-            alone = render(list(prompt), tokenize=False, add_generation_prompt=True, **template_kwargs)
-            return whole, alone
+            return self.tokenizer.apply_chat_template(
+                list(prompt) + list(completion), tokenize=False, **template_kwargs
+            )
         # TRL appends the eos token to plain-text completions that lack it.
         eos = self.tokenizer.eos_token
         if eos and not completion.endswith(eos):
             completion = completion + eos
-        return prompt + completion, prompt
+        return prompt + completion
+
+    def prompt_text(self, formatted: Mapping[str, Any], template_kwargs: Mapping[str, Any]) -> str:
+        """The text TRL tokenizes for the example's prompt alone (with the generation prompt for chats)."""
+        prompt = formatted["prompt"]
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                list(prompt), tokenize=False, add_generation_prompt=True, **template_kwargs
+            )
+        return prompt
 
     def encode(
         self, examples: Sequence[Mapping[str, Any]], template_kwargs: Sequence[Mapping[str, Any]]
@@ -164,7 +177,13 @@ class ExampleEncoder:
             if isinstance(prompt, list):
                 kwargs["add_generation_prompt"] = True
             return list(trl_tokenize(self.processing_class, prompt, **kwargs)["input_ids"])
-        return list(self.tokenizer(encoded.prompt_text, add_special_tokens=self.add_special_tokens)["input_ids"])
+        return list(self.tokenizer(self._prompt_of(encoded), add_special_tokens=self.add_special_tokens)["input_ids"])
+
+    def _prompt_of(self, encoded: Encoded) -> str:
+        # A shortened example's prompt is rendered only when asked for: its completion's start is known already.
+        if encoded.prompt_text is None:
+            encoded.prompt_text = self.prompt_text(encoded.formatted, encoded.template_kwargs)
+        return encoded.prompt_text
 
     def field_tokens(self, encoded: Encoded, value: str) -> tuple[str, int, int, Callable[[int], int]] | None:
         """
@@ -212,8 +231,11 @@ class ExampleEncoder:
         # The prompt's tokens are the example's tokens up to a point where tokenization cannot depend on what follows,
         # then the tokens of the text after that point. Returns the completion's start and that point's token index;
         # None: no such point, and the caller tokenizes the prompt.
-        encoding, prompt, ids = encoded.encoding, encoded.prompt_text, encoded.ids
-        if encoding is None or not prompt or not encoded.text.startswith(prompt):
+        encoding, ids = encoded.encoding, encoded.ids
+        if encoding is None:
+            return None
+        prompt = self._prompt_of(encoded)
+        if not prompt or not encoded.text.startswith(prompt):
             return None
         last = encoding.char_to_token(len(prompt) - 1)
         if last is None:
@@ -252,7 +274,7 @@ class ExampleEncoder:
         if encoding is None or not replacements:
             return None
         replacements = sorted(replacements)
-        whole, alone = self.texts(formatted, encoded.template_kwargs)
+        whole = self.whole_text(formatted, encoded.template_kwargs)
         pieces, last = [], 0
         for start, end, new in replacements:
             if start < last:
@@ -291,7 +313,7 @@ class ExampleEncoder:
             kept_from = last
         new_ids += ids[kept_from:]
         shifted = found[0] + len(new_ids) - len(ids)
-        return Encoded(new_ids, whole, alone, None, formatted, encoded.template_kwargs, start=shifted)
+        return Encoded(new_ids, whole, None, None, formatted, encoded.template_kwargs, start=shifted)
 
     def _stable_before(self, encoded: Encoded, char: int) -> tuple[int, str | None, int, bool] | None:
         # A token at or before the one holding `char` from which the text can be tokenized apart (see `_cut_before`).
@@ -363,6 +385,24 @@ class ExampleEncoder:
             return False
         word, limit_word = encoding.token_to_word(last), encoding.token_to_word(at)
         return word is not None and limit_word is not None and word < limit_word - _WORDS_BACK
+
+    def inserted_tokens(self, encoded: Encoded, end: int, text: str) -> int | None:
+        """
+        How many tokens `text` (a truncation marker) adds where a field of `encoded.text` is cut, the field ending at
+        character `end`: the tokens of `text` followed by the example's text after `end`, up to where the example
+        tokenizes as before, less the example's tokens after the field's last one up to there. The marker can merge
+        with what follows the field (`]` with a newline, say), so it may cost a token more than on its own; with this
+        count a cut usually fits at the first try. `None` when no such point is near.
+        """
+        encoding = encoded.encoding
+        if encoding is None or end <= 0:
+            return None
+        last, after = encoding.char_to_token(end - 1), self._stable_after(encoded, end)
+        if last is None or after is None:
+            return None
+        j, checked, last_char = after
+        tokens = self._tokens_after(self._context, text + encoded.text[end:last_char])
+        return None if tokens is None else len(tokens) - (j + checked - 1 - last)
 
     def token_count(self, text: str) -> int:
         """The number of tokens of `text` on its own, without special tokens (kept, for texts that recur)."""

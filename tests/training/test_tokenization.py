@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from datasets import Dataset, load_dataset
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from trl import SFTTrainer
 
@@ -300,6 +300,73 @@ def test_ends_before_counts_words_back_from_the_limit(tokenizers):
     assert encoder.ends_before(encoded, text.index(" gamma"), limit)  # beta: three words before epsilon
     assert not encoder.ends_before(encoded, text.index(" delta"), limit)  # gamma: two words before
     assert not encoder.ends_before(encoded, limit, limit)
+
+
+def _marker_splitting_tokenizer() -> PreTrainedTokenizerFast:
+    # Byte-level BPE whose merges (in rank order) join `]` with the newlines after it before they join the marker
+    # ` [...]` into one token, as Tekken's do: the marker is one token on its own, two before a blank line. A space
+    # joins the letter or digit after it, as in real vocabularies, so that words are cut with their leading space.
+    byte = pre_tokenizers.ByteLevel.alphabet()
+    merges = [("Ċ", "Ċ"), ("]", "ĊĊ"), (".", "ĊĊ"), ("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "..."), ("Ġ[...", "]")]
+    merges += [("Ġ", c) for c in sorted(byte) if c.isalnum() and c.isascii()]
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(byte)])}
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\s?\S+[\r\n]*|\s+"), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [backend.pre_tokenizer, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = THINKING_TEMPLATE.split("{% if add_generation_prompt %}")[0] + (
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tokenizer
+
+
+def test_the_marker_is_counted_as_it_tokenizes_before_the_text_after_the_cut():
+    tokenizer = _marker_splitting_tokenizer()
+    encoder = ExampleEncoder(tokenizer, "plain")
+    marker = " [...]"
+    text = "My answer is four.\n\n### The critique\nIt is right.\n\nConclusion: right"
+    encoded = encoder.encode([{"prompt": text, "completion": " Four."}], [{}])[0]
+    assert encoder.token_count(marker) == 1
+    for field in ("My answer is four.", "It is right."):
+        start = text.index(field)
+        end = start + len(field)
+        _, _, count, kept_end = encoder.field_tokens(encoded, field)
+        cost = encoder.inserted_tokens(encoded, end, marker)
+        assert cost == 2  # " [..." and "]\n\n", where the field's "." took the newlines before
+        for kept in range(count):
+            cut = text[:start] + field[: kept_end(kept)] + marker + text[end:]
+            shortened = encoder.encode([{"prompt": cut, "completion": " Four."}], [{}])[0]
+            assert len(shortened.ids) == len(encoded.ids) - (count - kept) + cost
+
+
+@pytest.mark.parametrize("layout", ["single_turn", "multi_turn"])
+def test_a_cut_record_fits_at_the_first_try_and_its_prompt_is_not_rendered_again(long_records, monkeypatch, layout):
+    # Counting the marker where it lands (`inserted_tokens`) plans the cut that fits at once: one splice per
+    # shortened record. The prompt alone of a spliced record is not rendered, since its completion's start is known.
+    tokenizer = _marker_splitting_tokenizer()
+    records = long_records[:16]
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = max(
+        len(collator.token_ids(collator.format(r, layout), tokenizer)[1]) for i, r in enumerate(records) if i % 4 != 3
+    )
+    splices, prompts = [], []
+    original = ExampleEncoder.respliced
+    monkeypatch.setattr(ExampleEncoder, "respliced", lambda self, *args: splices.append(1) or original(self, *args))
+    render = ExampleEncoder.prompt_text
+    monkeypatch.setattr(ExampleEncoder, "prompt_text", lambda self, *args: prompts.append(1) or render(self, *args))
+    fitted = collator.fit_batch(records, layout)
+    assert [status for _, status in fitted].count("shortened") == 4
+    assert len(splices) == 4
+    assert len(prompts) == len(records)  # once per record, for its encoding in the batch
+    for (row, _), (example, _) in zip(fitted, collator.fit_batch(records, layout, tokenize=False), strict=True):
+        prompt_ids, ids = collator.token_ids(example, tokenizer)
+        assert row == {"input_ids": ids, "labels": [-100] * len(prompt_ids) + ids[len(prompt_ids) :]}
 
 
 def test_worker_processes_inherit_the_tokenizer_and_rows_stay_the_same(tmp_path, tokenizers, long_records):
