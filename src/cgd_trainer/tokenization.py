@@ -293,9 +293,9 @@ class ExampleEncoder:
             else:
                 windows.append([*left, *right])
         found = self._start_from_encoding(encoded)
-        if found is None or found[1] < windows[-1][4] + windows[-1][5]:
-            return None  # the completion's start would have to be found again
-        new_ids, kept_from = [], 0
+        if found is None:
+            return None
+        new_ids, kept_from, new_first = [], 0, 0
         for first, context, first_char, guard, last, checked, last_char in windows:
             chunk = []
             position = first_char
@@ -309,11 +309,28 @@ class ExampleEncoder:
                 return None
             if guard and not self._first_word_kept(encoded, first, window_ids):
                 return None
-            new_ids += ids[kept_from:first] + window_ids[: len(window_ids) - checked]
+            new_ids += ids[kept_from:first]
+            new_first = len(new_ids)
+            new_ids += window_ids[: len(window_ids) - checked]
             kept_from = last
         new_ids += ids[kept_from:]
-        shifted = found[0] + len(new_ids) - len(ids)
-        return Encoded(new_ids, whole, None, None, formatted, encoded.template_kwargs, start=shifted)
+        spliced = Encoded(new_ids, whole, None, None, formatted, encoded.template_kwargs)
+        first, context, first_char, guard, last, checked, _ = windows[-1]
+        if found[1] >= last + checked:
+            spliced.start = found[0] + len(new_ids) - len(ids)
+            return spliced
+        # The prompt ends inside the last window (a cut near the end of the prompt, as a critique is in plain text):
+        # its tokens are the spliced ones up to the window's start, where tokenization cannot depend on what comes
+        # before, then those of the rest of the prompt alone.
+        moved = sum(len(new) - (end - start) for start, end, new in replacements if end <= first_char)
+        prompt, first_char = self._prompt_of(spliced), first_char + moved
+        if len(prompt) <= first_char or prompt[:first_char] != whole[:first_char]:
+            return None
+        tail = self._tokens_after(context, prompt[first_char:])
+        if tail is None or (guard and not self._first_word_kept(encoded, first, tail)):
+            return None
+        spliced.start = new_first + common_prefix_length(tail, new_ids[new_first : new_first + 1 + len(tail)])
+        return spliced
 
     def _stable_before(self, encoded: Encoded, char: int) -> tuple[int, str | None, int, bool] | None:
         # A token at or before the one holding `char` from which the text can be tokenized apart (see `_cut_before`).

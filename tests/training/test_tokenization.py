@@ -250,6 +250,30 @@ def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, fami
         assert sum(skim is not None and "critique" in skim[1] for skim in skims) >= 10
 
 
+@pytest.mark.parametrize(("family", "layout"), CASES)
+def test_records_cut_into_the_critique_equal_the_tokenization_of_their_fitted_text(
+    all_tokenizers, monkeypatch, family, layout
+):
+    # Records whose initial answer is cut away whole and whose critique is cut too: the critique's cut lies a few words
+    # from the prompt's end in plain text, where the completion's start is found from the spliced tokens.
+    from cgd_trainer.trl_boundary import common_prefix_length
+
+    tokenizer = all_tokenizers[family]
+    records = _very_long_records(24)
+    collator = _fitting_the_ordinary_records(tokenizer, layout, records)
+    splices = []
+    original = ExampleEncoder.respliced
+    monkeypatch.setattr(ExampleEncoder, "respliced", lambda *args: splices.append(original(*args)) or splices[-1])
+    rows = collator.fit_batch(records, layout)
+    assert [status for _, status in rows].count("shortened") == 12
+    for (row, _), (example, _) in zip(rows, collator.fit_batch(records, layout, tokenize=False), strict=True):
+        prompt_ids, ids = collator.token_ids(example, tokenizer)
+        start = common_prefix_length(prompt_ids, ids)
+        assert row == {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+    if (family, layout) in {("chatml", "single_turn"), ("metaspace", "plain"), ("chatml", "plain")}:
+        assert all(splice is not None for splice in splices)  # no cut record was tokenized whole again
+
+
 def test_a_skim_that_cannot_be_planned_from_falls_back_to_the_whole_record(all_tokenizers, monkeypatch):
     tokenizer, layout = all_tokenizers["chatml"], "single_turn"
     records = _very_long_records(40)
