@@ -208,3 +208,27 @@ def run_cgd(argv: list[str]) -> tuple[int, str, str]:
     finally:
         logging.getLogger().removeHandler(handler)
     return code, out.getvalue(), err.getvalue()
+
+
+def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str:
+    """
+    Runs a launcher (`torchrun`, `accelerate launch`, a script) in a session of its own and returns what it printed;
+    fails the test on a non-zero exit, and on a timeout after killing the launcher with every rank it started (a
+    hung rank would otherwise hold its port and slow every later test).
+    """
+    import os
+    import signal
+    import subprocess
+
+    import pytest
+
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(map(str, command[:4]))} ran past {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout + stderr

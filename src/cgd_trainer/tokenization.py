@@ -259,8 +259,10 @@ class ExampleEncoder:
 
         A window starts where tokenization cannot depend on what comes before (after a special token, or at a word two
         words before the span) and ends where it cannot depend on what comes after (at a special token, or two words
-        after the span); the window's first and last words must give the tokens they had in the example. Where any of
-        this cannot be checked, `None` is returned and the caller tokenizes the whole text.
+        after the span); the window's first and last words must give the tokens they had in the example. The
+        completion's start moves with the windows before it; where the prompt ends inside the last window, it is read
+        from the spliced tokens up to that window's start and the prompt alone's rest. Where any of this cannot be
+        checked, `None` is returned and the caller tokenizes the whole text.
 
         Args:
             encoded ([`Encoded`]): The example before the replacements, with its encoding.

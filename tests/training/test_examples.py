@@ -25,7 +25,7 @@ from cgd_trainer.commands.train import (
 )
 from cgd_trainer.demo.problems import demo_data_path, generate_records, to_jsonl
 from cgd_trainer.scripts.train import summarize
-from helpers import run_cgd
+from helpers import launch, run_cgd
 
 ROOT = Path(__file__).resolve().parents[2]
 # The recipes and accelerate configs ship inside the package; examples/recipes/* and examples/accelerate_configs link
@@ -251,9 +251,7 @@ def test_demo_records_are_valid_and_consistent():
 
 
 def _launch(command, timeout=600):
-    run = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout + run.stderr
+    return launch(command, _env(), ROOT, timeout)
 
 
 def _accelerate():
@@ -306,10 +304,9 @@ def test_train_script_under_torchrun_two_processes(tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free port: a fixed one may still be held by another run
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "29533",
             "examples/train.py",
             "--max_steps",
             "2",
