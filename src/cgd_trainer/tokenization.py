@@ -346,8 +346,10 @@ class ExampleEncoder:
         # a special token (special tokens are matched before anything else is split), or the first token of a word at
         # least `_WORDS_BACK` words before `word_at` (only the words nearest a change can split otherwise). Returns
         # its index, the special token to tokenize after, its first character, and whether its first word must be
-        # checked (`_first_word_kept`) because a tokenizer may mark the start of a text.
-        encoding, ids = encoded.encoding, encoded.ids
+        # checked (`_first_word_kept`) because a tokenizer may mark the start of a text. A word of white space alone is
+        # passed over: how a run of white space splits depends on what follows it (`\n\n` before a word is two words
+        # in GPT-2's pattern, one before ` [...]`).
+        encoding, ids, text = encoded.encoding, encoded.ids, encoded.text
         for j in range(token, max(-1, token - _LOOK_BACK), -1):
             if j > 0 and ids[j - 1] in self._added:
                 span = encoding.token_to_chars(j - 1)
@@ -357,7 +359,10 @@ class ExampleEncoder:
                 continue
             if j == 0 or encoding.token_to_word(j - 1) != word:
                 span = encoding.token_to_chars(j)
-                return (j, self._context, span[0], True) if span is not None else None
+                if span is None:
+                    return None
+                if not text[span[0] : span[1]].isspace():
+                    return j, self._context, span[0], True
         return None
 
     @staticmethod

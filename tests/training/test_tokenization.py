@@ -12,6 +12,7 @@ from trl import SFTTrainer
 
 from cgd_trainer import CGDTrainer, CritiqueCollator
 from cgd_trainer.tokenization import ExampleEncoder
+from cgd_trainer.trl_boundary import common_prefix_length
 from helpers import _corpus, build_model, make_config, make_records
 
 MAX_LENGTH = 320
@@ -256,8 +257,6 @@ def test_records_cut_into_the_critique_equal_the_tokenization_of_their_fitted_te
 ):
     # Records whose initial answer is cut away whole and whose critique is cut too: the critique's cut lies a few words
     # from the prompt's end in plain text, where the completion's start is found from the spliced tokens.
-    from cgd_trainer.trl_boundary import common_prefix_length
-
     tokenizer = all_tokenizers[family]
     records = _very_long_records(24)
     collator = _fitting_the_ordinary_records(tokenizer, layout, records)
@@ -313,6 +312,26 @@ def test_a_cut_near_the_seam_is_not_planned_from_the_skim(all_tokenizers, monkey
         monkeypatch.setattr(collator_module, "_SKIM_ROOM", room)
         assert collator.fit_batch(records, layout) == expected, room
     assert any(refused)
+
+
+def test_a_window_does_not_start_at_white_space_whose_split_depends_on_what_follows():
+    # GPT-2's pattern splits "\n\n" before a word into two words and before " [...]" into one (a token of its own
+    # here, as in SmolLM2's vocabulary): a window starting at the blank line would not give the record's tokens. It
+    # starts at the word before instead, and the splice holds.
+    tokenizer = _marker_splitting_tokenizer()
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    encoder = ExampleEncoder(tokenizer, "plain")
+    text = "A teacher reviewed your answer:\n\nStep one adds the tens and is wrong.\n\nBelow are the steps."
+    example = {"prompt": text, "completion": " Done."}
+    encoded = encoder.encode([example], [{}])[0]
+    field = "Step one adds the tens and is wrong."
+    start = text.index(field)
+    cut = {"prompt": text.replace(field, " [...]"), "completion": " Done."}
+    spliced = encoder.respliced(encoded, cut, [(start, start + len(field), " [...]")])
+    assert spliced is not None
+    expected = encoder.encode([cut], [{}])[0]
+    assert spliced.ids == expected.ids
+    assert encoder.completion_start(spliced) == common_prefix_length(encoder.prompt_ids(expected), expected.ids)
 
 
 def test_ends_before_counts_words_back_from_the_limit(tokenizers):
