@@ -212,23 +212,27 @@ def run_cgd(argv: list[str]) -> tuple[int, str, str]:
 
 def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str:
     """
-    Runs a launcher (`torchrun`, `accelerate launch`, a script) in a session of its own and returns what it printed;
-    fails the test on a non-zero exit, and on a timeout after killing the launcher with every rank it started (a
-    hung rank would otherwise hold its port and slow every later test).
+    Runs a launcher (`torchrun`, `accelerate launch`, a script) and returns what it printed; fails the test on a
+    non-zero exit, and on a timeout after killing the launcher and every process under it (torchrun starts each rank
+    in a session of its own, and a hung rank would otherwise hold the output pipes, its port and a core).
     """
-    import os
-    import signal
     import subprocess
 
+    import psutil
     import pytest
 
     pipe = subprocess.PIPE
-    process = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env, cwd=cwd, start_new_session=True)
+    process = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env, cwd=cwd)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(map(str, command[:4]))} ran past {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+        launcher = psutil.Process(process.pid)
+        for child in [*launcher.children(recursive=True), launcher]:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"{' '.join(map(str, command))} ran past {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout + stderr

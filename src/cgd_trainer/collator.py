@@ -494,7 +494,9 @@ class CritiqueCollator(DataCollatorMixin):
                 if kept == 0:
                     continue
                 added = cost if whole else 0
-                left = max(0, kept - overflow - added)
+                # At least one token goes: a marker that merges into fewer tokens than the field's end had would
+                # otherwise leave the field whole.
+                left = min(kept - 1, max(0, kept - overflow - added))
                 overflow -= kept - left - added
                 text = cut(left)
                 if text is None:

@@ -414,19 +414,24 @@ class ExampleEncoder:
         """
         How many tokens `text` (a truncation marker) adds where a field of `encoded.text` is cut, the field ending at
         character `end`: the tokens of `text` followed by the example's text after `end`, up to where the example
-        tokenizes as before, less the example's tokens after the field's last one up to there. The marker can merge
-        with what follows the field (`]` with a newline, say), so it may cost a token more than on its own; with this
-        count a cut usually fits at the first try. `None` when no such point is near.
+        tokenizes as before, less the tokens of that text after the field's last token. The marker can merge with what
+        follows the field (`]` with a newline, say), so it may cost a token more than on its own; with this count a
+        cut usually fits at the first try. Both texts are tokenized the same way, so that what a tokenizer adds to the
+        start of a text cancels out. An estimate (a merge with the kept text before the marker is not seen): the caller
+        measures the result. `None` when no point where the example tokenizes as before is near, and for tokenizers
+        that do not split words first (a `Prepend` normalizer marks every text's start in its own way).
         """
         encoding = encoded.encoding
-        if encoding is None or end <= 0:
+        if encoding is None or end <= 0 or not self.splits_words:
             return None
         last, after = encoding.char_to_token(end - 1), self._stable_after(encoded, end)
-        if last is None or after is None:
+        span = encoding.token_to_chars(last) if last is not None else None
+        if span is None or after is None or span[1] >= after[2]:
             return None
-        j, checked, last_char = after
-        tokens = self._tokens_after(self._context, text + encoded.text[end:last_char])
-        return None if tokens is None else len(tokens) - (j + checked - 1 - last)
+        last_char = after[2]
+        with_text = self._tokens_after(self._context, text + encoded.text[end:last_char])
+        without = self._tokens_after(self._context, encoded.text[span[1] : last_char])
+        return None if with_text is None or without is None else len(with_text) - len(without)
 
     def token_count(self, text: str) -> int:
         """The number of tokens of `text` on its own, without special tokens (kept, for texts that recur)."""

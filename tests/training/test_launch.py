@@ -100,3 +100,20 @@ def test_two_processes_match_one_process(tmp_path, tiny_dirs):
     assert len(single["losses"]) == len(double["losses"]) == 4
     assert double["losses"] == pytest.approx(single["losses"], rel=1e-4)
     assert double["stats"]["train"]["kept"] == 32
+
+
+def test_a_launch_past_its_timeout_fails_and_leaves_no_process_behind(tmp_path):
+    # Like torchrun's ranks, the child runs in a session of its own and holds the launcher's output pipes.
+    import psutil
+
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    with pytest.raises(pytest.fail.Exception, match="ran past 3 s") as failure:
+        launch([sys.executable, str(script)], _env(), timeout=3)
+    child = int(str(failure.value).split("\n")[1].strip())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

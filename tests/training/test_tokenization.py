@@ -345,13 +345,15 @@ def test_ends_before_counts_words_back_from_the_limit(tokenizers):
     assert not encoder.ends_before(encoded, limit, limit)
 
 
-def _marker_splitting_tokenizer() -> PreTrainedTokenizerFast:
+def _marker_splitting_tokenizer(merges: list[tuple[str, str]] | None = None) -> PreTrainedTokenizerFast:
     # Byte-level BPE whose merges (in rank order) join `]` with the newlines after it before they join the marker
     # ` [...]` into one token, as Tekken's do: the marker is one token on its own, two before a blank line. A space
     # joins the letter or digit after it, as in real vocabularies, so that words are cut with their leading space.
     byte = pre_tokenizers.ByteLevel.alphabet()
-    merges = [("Ċ", "Ċ"), ("]", "ĊĊ"), (".", "ĊĊ"), ("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "..."), ("Ġ[...", "]")]
-    merges += [("Ġ", c) for c in sorted(byte) if c.isalnum() and c.isascii()]
+    if merges is None:
+        merges = [("Ċ", "Ċ"), ("]", "ĊĊ"), (".", "ĊĊ"), ("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "...")]
+        merges.append(("Ġ[...", "]"))
+    merges = merges + [("Ġ", c) for c in sorted(byte) if c.isalnum() and c.isascii()]
     vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(byte)])}
     for left, right in merges:
         vocab[left + right] = len(vocab)
@@ -367,6 +369,25 @@ def _marker_splitting_tokenizer() -> PreTrainedTokenizerFast:
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     return tokenizer
+
+
+@pytest.mark.parametrize("layout", ["single_turn", "plain"])
+def test_a_marker_that_saves_tokens_still_cuts_its_field(layout):
+    # Here ` [...]\n\n` is one token but the field's own `.\n\n` three, so the marker frees tokens of its own
+    # (`inserted_tokens` is negative); the field must still lose at least a token instead of being kept whole.
+    tokenizer = _marker_splitting_tokenizer(
+        [("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "..."), ("Ġ[...", "]"), ("Ġ[...]", "Ċ"), ("Ġ[...]Ċ", "Ċ")]
+    )
+    record = make_records(1)[0]
+    collator = CritiqueCollator(tokenizer, layout=layout)
+    collator.max_length = len(collator.token_ids(collator.format(record, layout), tokenizer)[1]) - 1
+    [(row, status)] = collator.fit_batch([record], layout)
+    [(example, _)] = collator.fit_batch([record], layout, tokenize=False)
+    prompt = example["prompt"] if layout == "plain" else example["prompt"][0]["content"]
+    assert status == "shortened" and record["initial_response"] not in prompt and " [...]" in prompt
+    prompt_ids, ids = collator.token_ids(example, tokenizer)
+    start = common_prefix_length(prompt_ids, ids)
+    assert row == {"input_ids": ids, "labels": [-100] * start + ids[start:]} and len(ids) <= collator.max_length
 
 
 def test_the_marker_is_counted_as_it_tokenizes_before_the_text_after_the_cut():
