@@ -358,10 +358,10 @@ class ExampleEncoder:
             if word is None or word_at is None or word > word_at - _WORDS_BACK:
                 continue
             if j == 0 or encoding.token_to_word(j - 1) != word:
-                span = encoding.token_to_chars(j)
-                if span is None:
+                span, chars = encoding.token_to_chars(j), encoding.word_to_chars(word)
+                if span is None or chars is None:
                     return None
-                if not text[span[0] : span[1]].isspace():
+                if not text[chars[0] : chars[1]].isspace():
                     return j, self._context, span[0], True
         return None
 
@@ -429,8 +429,9 @@ class ExampleEncoder:
         if span is None or after is None or span[1] >= after[2]:
             return None
         last_char = after[2]
-        with_text = self._tokens_after(self._context, text + encoded.text[end:last_char])
-        without = self._tokens_after(self._context, encoded.text[span[1] : last_char])
+        # Kept tokenized (`_tail`): the text after a field is mostly the template's, the same in every record.
+        with_text = self._tail(self._context, text + encoded.text[end:last_char])
+        without = self._tail(self._context, encoded.text[span[1] : last_char])
         return None if with_text is None or without is None else len(with_text) - len(without)
 
     def token_count(self, text: str) -> int:

@@ -251,6 +251,14 @@ def test_skimmed_records_are_cut_as_whole_ones(all_tokenizers, monkeypatch, fami
         assert sum(skim is not None and "critique" in skim[1] for skim in skims) >= 10
 
 
+def _reference_row(collator: CritiqueCollator, example: dict, tokenizer) -> dict:
+    # The row TRL makes of a fitted example: the whole text tokenized, the completion from where the prompt alone's
+    # tokens and the whole's diverge.
+    prompt_ids, ids = collator.token_ids(example, tokenizer)
+    start = common_prefix_length(prompt_ids, ids)
+    return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+
+
 @pytest.mark.parametrize(("family", "layout"), CASES)
 def test_records_cut_into_the_critique_equal_the_tokenization_of_their_fitted_text(
     all_tokenizers, monkeypatch, family, layout
@@ -266,9 +274,7 @@ def test_records_cut_into_the_critique_equal_the_tokenization_of_their_fitted_te
     rows = collator.fit_batch(records, layout)
     assert [status for _, status in rows].count("shortened") == 12
     for (row, _), (example, _) in zip(rows, collator.fit_batch(records, layout, tokenize=False), strict=True):
-        prompt_ids, ids = collator.token_ids(example, tokenizer)
-        start = common_prefix_length(prompt_ids, ids)
-        assert row == {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+        assert row == _reference_row(collator, example, tokenizer)
     if (family, layout) in {("chatml", "single_turn"), ("metaspace", "plain"), ("chatml", "plain")}:
         assert all(splice is not None for splice in splices)  # no cut record was tokenized whole again
 
@@ -351,8 +357,8 @@ def _marker_splitting_tokenizer(merges: list[tuple[str, str]] | None = None) -> 
     # joins the letter or digit after it, as in real vocabularies, so that words are cut with their leading space.
     byte = pre_tokenizers.ByteLevel.alphabet()
     if merges is None:
-        merges = [("Ċ", "Ċ"), ("]", "ĊĊ"), (".", "ĊĊ"), ("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "...")]
-        merges.append(("Ġ[...", "]"))
+        merges = [("Ċ", "Ċ"), ("]", "ĊĊ"), (".", "ĊĊ")]
+        merges += [("Ġ", "["), (".", "."), ("..", "."), ("Ġ[", "..."), ("Ġ[...", "]")]
     merges = merges + [("Ġ", c) for c in sorted(byte) if c.isalnum() and c.isascii()]
     vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(byte)])}
     for left, right in merges:
@@ -385,9 +391,7 @@ def test_a_marker_that_saves_tokens_still_cuts_its_field(layout):
     [(example, _)] = collator.fit_batch([record], layout, tokenize=False)
     prompt = example["prompt"] if layout == "plain" else example["prompt"][0]["content"]
     assert status == "shortened" and record["initial_response"] not in prompt and " [...]" in prompt
-    prompt_ids, ids = collator.token_ids(example, tokenizer)
-    start = common_prefix_length(prompt_ids, ids)
-    assert row == {"input_ids": ids, "labels": [-100] * start + ids[start:]} and len(ids) <= collator.max_length
+    assert row == _reference_row(collator, example, tokenizer) and len(row["input_ids"]) <= collator.max_length
 
 
 def test_the_marker_is_counted_as_it_tokenizes_before_the_text_after_the_cut():
@@ -429,8 +433,7 @@ def test_a_cut_record_fits_at_the_first_try_and_its_prompt_is_not_rendered_again
     assert len(splices) == 4
     assert len(prompts) == len(records)  # once per record, for its encoding in the batch
     for (row, _), (example, _) in zip(fitted, collator.fit_batch(records, layout, tokenize=False), strict=True):
-        prompt_ids, ids = collator.token_ids(example, tokenizer)
-        assert row == {"input_ids": ids, "labels": [-100] * len(prompt_ids) + ids[len(prompt_ids) :]}
+        assert row == _reference_row(collator, example, tokenizer)
 
 
 def test_worker_processes_inherit_the_tokenizer_and_rows_stay_the_same(tmp_path, tokenizers, long_records):
