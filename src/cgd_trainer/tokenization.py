@@ -14,10 +14,13 @@ TRL does; the result is the same either way.
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from .templates import CHAT_LAYOUTS
@@ -31,6 +34,8 @@ _LOOK_BACK = 64
 _WORDS_BACK = 2
 # Tails of prompts (usually the generation prompt) kept tokenized; the cache is emptied when it grows past this.
 _TAIL_CACHE = 4096
+# Tokenizer -> its `_SpaceMarks` (or None), found once: a scan of the vocabulary.
+_MARKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -43,7 +48,8 @@ class Encoded:
         text (`str`, *optional*): The text those tokens encode (not for processors, which TRL tokenizes from messages).
         prompt_text (`str`, *optional*): The prompt alone as TRL tokenizes it (with the generation prompt for chats);
             rendered when first needed where it is `None` and `text` is set.
-        encoding (*optional*): The fast tokenizer's `tokenizers.Encoding` of `text`, which maps tokens to characters.
+        encoding (*optional*): The fast tokenizer's `tokenizers.Encoding` of `text`, which maps tokens to characters
+            and words (seen through `_MarkedWords` for a tokenizer with `_SpaceMarks`).
         formatted (`Mapping`): The `{"prompt", "completion"}` example.
         template_kwargs (`Mapping`): Its `apply_chat_template` arguments.
         start (`int`, *optional*): Where the completion starts, when it is known without an encoding.
@@ -56,6 +62,116 @@ class Encoded:
     formatted: Mapping[str, Any]
     template_kwargs: Mapping[str, Any]
     start: int | None = None
+
+
+class _SpaceMarks:
+    """
+    Word boundaries for a fast tokenizer whose model reads each text in one piece, its spaces written as a mark (the
+    `▁` of SentencePiece vocabularies, which transformers 5 converts this way for Llama, Mistral and Gemma), in a
+    vocabulary where no token holds the mark after another character. No token can then span a point where the mark
+    follows another character, so a BPE or unigram model splits there whatever the text on either side, and each
+    side is tokenized as it would be alone. Such points start the words used here; the encoding itself reports the
+    whole text as one word.
+
+    Args:
+        begins (`np.ndarray`): Per token id, whether the token starts with the mark (or is an added token).
+        ends (`np.ndarray`): Per token id, whether the token ends with the mark.
+        added (`np.ndarray`): Per token id, whether it is an added token (split off before the model runs).
+    """
+
+    def __init__(self, begins: np.ndarray, ends: np.ndarray, added: np.ndarray):
+        self.begins, self.ends, self.added = begins, ends, added
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _SpaceMarks | None:
+        """The marks of a fast tokenizer, or `None` when its words come from its pre-tokenizer or cannot be told."""
+        size = len(tokenizer)
+        try:
+            cached = _MARKS.get(tokenizer)
+        except TypeError:  # not weakly referenceable: found every time
+            cached = None
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        marks = cls._find(tokenizer, size)
+        try:
+            _MARKS[tokenizer] = (size, marks)
+        except TypeError:
+            pass
+        return marks
+
+    @classmethod
+    def _find(cls, tokenizer: Any, size: int) -> _SpaceMarks | None:
+        backend = tokenizer.backend_tokenizer
+        model = backend.model
+        # The argument holds for models that pick the tokens of each piece on their own (BPE merges, unigram paths).
+        if type(model).__name__ not in ("BPE", "Unigram") or getattr(model, "dropout", None):
+            return None
+        normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+        # A normalizer that changes a bare letter marks the start of every text its own way (a legacy `Prepend`).
+        if normalizer is not None and normalizer.normalize_str("a") != "a":
+            return None
+        text = normalizer.normalize_str("a b") if normalizer is not None else "a b"
+        pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, (0, len(text)))]
+        if len(pieces) != 1 or not pieces[0][0].endswith("b") or pieces[0][0][-3:-2] != "a":
+            return None  # words split by the pre-tokenizer (the encoding's own words serve), or no mark to find
+        mark = pieces[0][0][-2]
+        vocab = backend.get_vocab(with_added_tokens=False)
+        if mark not in vocab:
+            return None  # the mark itself would fall back to bytes
+        crossing = re.compile(f"[^{re.escape(mark)}]{re.escape(mark)}")
+        if any(crossing.search(token) for token in vocab):
+            return None
+        length = max(size, max(vocab.values()) + 1, *(i + 1 for i in tokenizer.added_tokens_decoder))
+        begins, ends, added = (np.zeros(length, dtype=bool) for _ in range(3))
+        for token, token_id in vocab.items():
+            begins[token_id], ends[token_id] = token.startswith(mark), token.endswith(mark)
+        for token_id in tokenizer.added_tokens_decoder:
+            begins[token_id], ends[token_id], added[token_id] = True, False, True
+        return cls(begins, ends, added)
+
+
+class _MarkedWords:
+    """
+    A `tokenizers.Encoding` whose words are those of [`_SpaceMarks`]: the same offsets, and a word starting at each
+    token that begins with the mark after a token that does not end with it, and at and after each added token.
+    """
+
+    def __init__(self, encoding: Any, ids: list[int], marks: _SpaceMarks):
+        self._encoding, self._ids, self._marks = encoding, ids, marks
+        self._words: np.ndarray | None = None
+
+    def _word_ids(self) -> np.ndarray:
+        if self._words is None:
+            ids, marks = np.asarray(self._ids, dtype=np.int64), self._marks
+            starts = marks.begins[ids]
+            starts[1:] &= ~marks.ends[ids[:-1]]
+            starts[1:] |= marks.added[ids[:-1]]
+            starts |= marks.added[ids]
+            if len(starts):
+                starts[0] = True
+            self._words = np.cumsum(starts) - 1
+        return self._words
+
+    def token_to_word(self, token: int) -> int | None:
+        return int(self._word_ids()[token]) if 0 <= token < len(self._ids) else None
+
+    def word_to_tokens(self, word: int) -> tuple[int, int] | None:
+        words = self._word_ids()
+        first, end = int(np.searchsorted(words, word, "left")), int(np.searchsorted(words, word, "right"))
+        return (first, end) if first < end else None
+
+    def word_to_chars(self, word: int) -> tuple[int, int] | None:
+        tokens = self.word_to_tokens(word)
+        if tokens is None:
+            return None
+        first, last = self._encoding.token_to_chars(tokens[0]), self._encoding.token_to_chars(tokens[1] - 1)
+        return (first[0], last[1]) if first is not None and last is not None else None
+
+    def char_to_token(self, char: int) -> int | None:
+        return self._encoding.char_to_token(char)
+
+    def token_to_chars(self, token: int) -> tuple[int, int] | None:
+        return self._encoding.token_to_chars(token)
 
 
 class ExampleEncoder:
@@ -77,8 +193,12 @@ class ExampleEncoder:
         self.fast = self.by_text and bool(getattr(self.tokenizer, "is_fast", False))
         # TRL tokenizes a rendered chat without special tokens (the template wrote them) and plain text with them.
         self.add_special_tokens = not self.chat
-        # Whether the fast tokenizer splits text into words first, which `ends_before` and the splices count in.
-        self.splits_words = self.fast and self.tokenizer.backend_tokenizer.pre_tokenizer is not None
+        # The words `ends_before` and the splices count in: the pre-tokenizer's, or those of space marks where the
+        # model reads each text in one piece (`_SpaceMarks`).
+        self._marks = _SpaceMarks.of(self.tokenizer) if self.fast else None
+        self.splits_words = self.fast and (
+            self._marks is not None or self.tokenizer.backend_tokenizer.pre_tokenizer is not None
+        )
         self._tails: dict[tuple[str | None, str], list[int] | None] = {}
         self._leads: dict[str, list[int]] = {}
         if self.fast:
@@ -145,17 +265,14 @@ class ExampleEncoder:
         texts = [self.texts(example, kwargs) for example, kwargs in zip(examples, template_kwargs, strict=True)]
         batch = self.tokenizer([whole for whole, _ in texts], add_special_tokens=self.add_special_tokens)
         encodings = batch.encodings if self.fast else None
-        return [
-            Encoded(
-                list(batch["input_ids"][i]),
-                whole,
-                alone,
-                encodings[i] if encodings is not None else None,
-                examples[i],
-                template_kwargs[i],
-            )
-            for i, (whole, alone) in enumerate(texts)
-        ]
+        encoded = []
+        for i, (whole, alone) in enumerate(texts):
+            ids = list(batch["input_ids"][i])
+            encoding = encodings[i] if encodings is not None else None
+            if encoding is not None and self._marks is not None:
+                encoding = _MarkedWords(encoding, ids, self._marks)
+            encoded.append(Encoded(ids, whole, alone, encoding, examples[i], template_kwargs[i]))
+        return encoded
 
     def completion_start(self, encoded: Encoded) -> int:
         """

@@ -285,7 +285,9 @@ class CGDTrainer(SFTTrainer):
                 fn_kwargs["collator"] = collator
                 # The fingerprint `datasets` would compute from these arguments, computed here because its workers
                 # are handed them through `_Inherited`.
-                fingerprint = Hasher.hash([dataset._fingerprint, _fit_rows, fn_kwargs, PREPARE_BATCH_SIZE, remove])
+                fingerprint = _hash(
+                    [dataset._fingerprint, _fit_rows, fn_kwargs, PREPARE_BATCH_SIZE, remove], processing_class
+                )
                 with _Inherited(fn_kwargs) as inherited:
                     converted = dataset.map(
                         _fit_inherited_rows,
@@ -549,6 +551,27 @@ class _Inherited:
 
 
 _INHERITED: dict[int, Any] = {}
+
+# What transformers 5 keeps of the files a tokenizer was built from beside the backend built from them.
+_BUILT_FROM = ("_vocab", "_merges")
+
+
+def _hash(value: Any, processing_class: Any) -> str:
+    """
+    `datasets`' fingerprint of `value`, with `processing_class`'s tokenizer hashed without the vocabulary and merges it
+    was built from (`_BUILT_FROM`), whose content its backend holds and is hashed with. `datasets` pickles those in
+    Python: 0.7 s for a 32k SentencePiece vocabulary (transformers 5's Llama and Gemma classes keep them), more for
+    larger ones, at every preparation, against 0.03 s without them.
+    """
+    tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+    state = getattr(tokenizer, "__dict__", {})
+    set_aside = (
+        {key: state.pop(key) for key in _BUILT_FROM if key in state} if getattr(tokenizer, "is_fast", False) else {}
+    )
+    try:
+        return Hasher.hash(value)
+    finally:
+        state.update(set_aside)
 
 
 def _inherited(key: int) -> _Inherited:

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from trl import SFTTrainer
 
 from cgd_trainer import CGDTrainer, CritiqueCollator
-from cgd_trainer.tokenization import ExampleEncoder
+from cgd_trainer.tokenization import ExampleEncoder, _SpaceMarks
 from cgd_trainer.trl_boundary import common_prefix_length
 from helpers import _corpus, build_model, make_config, make_records
 
@@ -31,21 +31,34 @@ THINKING_TEMPLATE = (
 )
 
 
-def sentencepiece_like(legacy: bool) -> PreTrainedTokenizerFast:
+def sentencepiece_like(style: str) -> PreTrainedTokenizerFast:
     """
-    A tokenizer shaped like a converted SentencePiece one: `legacy=False` splits words with a `▁` prepended to the
-    first one (Mistral, Llama 2 in non-legacy mode); `legacy=True` prepends `▁` in the normalizer, to every text
-    between special tokens, and has no pre-tokenizer (Llama 2's legacy conversion).
+    A tokenizer shaped like a converted SentencePiece one (trained with words split at spaces, as SentencePiece does,
+    except `legacy`):
+    - `metaspace` splits words with a `▁` prepended to the first one (Mistral, Llama 2 in non-legacy mode, as their
+      tokenizer.json files have it);
+    - `legacy` prepends `▁` in the normalizer, to every text between special tokens, and has no pre-tokenizer (Llama
+      2's legacy conversion; trained that way too, so some of its tokens hold a `▁` after a letter);
+    - `unsplit` reads each text in one piece, its spaces written `▁` and a `▁` prepended to the first one: how
+      transformers 5 builds Llama, Mistral and similar tokenizers (`Metaspace(split=False)`);
+    - `gemma` reads each text in one piece with its spaces replaced by `▁` in the normalizer and nothing prepended,
+      as Gemma's tokenizer.json has it.
     """
     backend = Tokenizer(models.BPE())
     specials = ["<s>", "</s>", "[INST]", "[/INST]"]
-    if legacy:
+    if style == "legacy":
         backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
         backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     else:
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
         backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     backend.train_from_iterator(_corpus(), trainer=trainers.BpeTrainer(vocab_size=700, special_tokens=specials))
+    if style == "unsplit":
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    elif style == "gemma":
+        backend.pre_tokenizer = None
+        backend.normalizer = normalizers.Replace(" ", "▁")
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse()])
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>")
     tokenizer.chat_template = INST_TEMPLATE
@@ -59,8 +72,7 @@ def all_tokenizers(tokenizers):
     thinking.chat_template = THINKING_TEMPLATE
     return {
         **tokenizers,
-        "metaspace": sentencepiece_like(legacy=False),
-        "legacy": sentencepiece_like(legacy=True),
+        **{style: sentencepiece_like(style) for style in ("metaspace", "legacy", "unsplit", "gemma")},
         "thinking": thinking,
     }
 
@@ -73,9 +85,9 @@ def long_records():
 
 CASES = [
     (family, layout)
-    for family in ("chatml", "llama3", "metaspace", "legacy", "thinking")
+    for family in ("chatml", "llama3", "metaspace", "legacy", "thinking", "unsplit")
     for layout in ("single_turn", "multi_turn", "plain")
-] + [("plain", "plain")]
+] + [("plain", "plain"), ("gemma", "single_turn"), ("gemma", "plain")]
 
 
 @pytest.mark.parametrize(("family", "layout"), CASES)
@@ -171,6 +183,9 @@ def test_the_prompt_is_tokenized_alone_only_where_needed(all_tokenizers, long_re
         ("chatml", "plain", 0),
         ("metaspace", "plain", 0),
         ("metaspace", "multi_turn", 0),
+        ("unsplit", "plain", 0),
+        ("unsplit", "single_turn", 0),
+        ("gemma", "plain", 0),
         ("legacy", "single_turn", 0),
         ("legacy", "plain", len(records)),
         ("thinking", "single_turn", len(records)),
@@ -275,7 +290,12 @@ def test_records_cut_into_the_critique_equal_the_tokenization_of_their_fitted_te
     assert [status for _, status in rows].count("shortened") == 12
     for (row, _), (example, _) in zip(rows, collator.fit_batch(records, layout, tokenize=False), strict=True):
         assert row == _reference_row(collator, example, tokenizer)
-    if (family, layout) in {("chatml", "single_turn"), ("metaspace", "plain"), ("chatml", "plain")}:
+    if (family, layout) in {
+        ("chatml", "single_turn"),
+        ("metaspace", "plain"),
+        ("chatml", "plain"),
+        ("unsplit", "plain"),
+    }:
         assert all(splice is not None for splice in splices)  # no cut record was tokenized whole again
 
 
@@ -458,3 +478,52 @@ def test_worker_processes_inherit_the_tokenizer_and_rows_stay_the_same(tmp_path,
     assert prepared[None][0][:3] == prepared[2][0][:3] == prepared[2][1][:3]
     assert prepared[2][0][3] == prepared[2][1][3]  # the same preparation: the same fingerprint, read from the cache
     assert prepared[None][0][2] == {"kept": 12, "shortened": 4, "dropped": 2}
+
+
+def test_a_tokenizer_reading_text_in_one_piece_has_words_where_no_token_spans_a_space_mark(all_tokenizers):
+    # transformers 5 builds Llama and Mistral tokenizers with `Metaspace(split=False)` and Gemma's with `▁` written by
+    # the normalizer: the encoding reports one word. Where no token holds `▁` after another character, the words
+    # start where `▁` follows another character (`_SpaceMarks`), and the splices and skims count in those.
+    for family in ("unsplit", "gemma"):
+        assert _SpaceMarks.of(all_tokenizers[family]) is not None, family
+        assert ExampleEncoder(all_tokenizers[family], "plain").splits_words
+    for family in ("chatml", "metaspace", "legacy"):  # words split by the pre-tokenizer, or marks of every text
+        assert _SpaceMarks.of(all_tokenizers[family]) is None, family
+    encoder = ExampleEncoder(all_tokenizers["unsplit"], "plain")
+    encoded = encoder.encode([{"prompt": "Two  spaces and\nnew [INST] line.", "completion": " ok"}], [{}])[0]
+    words = encoded.encoding
+    pieces = [
+        "".join(encoder.tokenizer.convert_ids_to_tokens(encoded.ids[slice(*words.word_to_tokens(w))]))
+        for w in range(words.token_to_word(len(encoded.ids) - 1) + 1)
+    ]
+    # A run of spaces starts one word (how it splits depends on what follows); a newline is not a space mark.
+    assert pieces == ["<s>", "▁Two", "▁▁spaces", "▁and\nnew", "▁", "[INST]", "▁line.", "▁ok", "</s>"]
+    # Trained on text read in one piece, a vocabulary has tokens across spaces: no marks, the encoding's words.
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.train_from_iterator(_corpus(), trainer=trainers.BpeTrainer(vocab_size=700, special_tokens=["</s>"]))
+    crossing = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
+    assert any("▁" in token.lstrip("▁") for token in crossing.get_vocab())
+    assert _SpaceMarks.of(crossing) is None
+
+
+def test_the_cache_fingerprint_reads_the_tokenizer_from_its_backend(all_tokenizers):
+    # transformers 5 keeps the vocabulary and merges a tokenizer was built from beside its backend; `datasets` would
+    # pickle them in Python to hash the mapped function's arguments. The fingerprint is taken without them (the
+    # backend holds the same), they are put back, and it still tells tokenizers apart.
+    from cgd_trainer.trainer import _hash
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise AssertionError("the vocabulary a tokenizer was built from was pickled")
+
+    tokenizer = all_tokenizers["unsplit"]
+    tokenizer._vocab, tokenizer._merges = {"a": 0}, [Unpicklable()]
+    try:
+        fingerprint = _hash(["records", {"processing_class": tokenizer}], tokenizer)
+        assert tokenizer._vocab == {"a": 0} and isinstance(tokenizer._merges[0], Unpicklable)
+        assert fingerprint == _hash(["records", {"processing_class": tokenizer}], tokenizer)
+        other = all_tokenizers["metaspace"]
+        assert fingerprint != _hash(["records", {"processing_class": other}], other)
+    finally:
+        del tokenizer._vocab, tokenizer._merges
