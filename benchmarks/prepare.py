@@ -17,11 +17,15 @@ measures CGD with one process and the tokenizer's own threads (`TOKENIZERS_PARAL
 
 Vocabularies: SmolLM2-135M-Instruct's 49,152 tokens (`builtin:smollm2-135m-instruct`, ChatML template) and Mistral
 Nemo's Tekken, 131,072 tokens (the `tekken_240911.json` shipped in the `mistral-common` package, converted by
-transformers, Mistral's `[INST]` template); `--vocabs tiny` adds the 700-token test tokenizer of the old table.
+transformers, Mistral's `[INST]` template); `--vocabs mistral` adds Mistral 7B v0.3's 32,768-token SentencePiece
+vocabulary (the `.model.v3` file `mistral-common` ships, which transformers 5 builds as its Llama class does:
+`Metaspace(split=False)`, the text read in one piece; needs `pip install sentencepiece protobuf`), with an
+`[INST]` template of its control tokens; `--vocabs tiny` adds the 700-token test tokenizer of the old table.
 Records: `common.maths_like_records` (the paper's length mix in words, written like worked maths); `max_length` 16384
 (nothing is shortened) and 4096 (most records are).
 
-Run: `pip install mistral-common` (for Tekken), then `python benchmarks/prepare.py [--lf_python <venv>/bin/python]`
+Run: `pip install mistral-common` (for Tekken; `sentencepiece protobuf` too for `--vocabs mistral`), then
+`python benchmarks/prepare.py [--lf_python <venv>/bin/python]`
 (about 40 minutes with LLaMA-Factory).
 """
 
@@ -45,7 +49,13 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 BEFORE = "c2cd875"  # the last commit that tokenized every record twice, one record at a time
-LF_TEMPLATES = {"smollm2": "chatml", "tekken": "mistral", "tiny": "chatml"}
+LF_TEMPLATES = {"smollm2": "chatml", "tekken": "mistral", "mistral": "mistral", "tiny": "chatml"}
+# An `[INST]` chat template for the SentencePiece vocabulary, whose file carries none.
+INST_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }}"
+    "[/INST]{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% else %}"
+    "{{ message['content'] }}\n\n{% endif %}{% endfor %}"
+)
 
 # Runs inside LLaMA-Factory's virtualenv: its SFT data preparation alone (read the Alpaca file, render, tokenize, cut).
 LF_PREPARE = r"""
@@ -74,18 +84,45 @@ def load_tokenizer(vocab: str):
 
         return AutoTokenizer.from_pretrained(resolve_model("builtin:smollm2-135m-instruct", "benchmark"))
     if vocab == "tekken":
-        try:
-            import mistral_common
-        except ImportError:
-            raise SystemExit("The Tekken vocabulary ships in `mistral-common`: pip install mistral-common") from None
         from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
-        return convert_tekken_tokenizer(str(Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"))
+        return convert_tekken_tokenizer(str(_mistral_common_data() / "tekken_240911.json"))
+    if vocab == "mistral":
+        import shutil
+
+        from transformers import AutoTokenizer
+
+        model = _mistral_common_data() / "mistral_instruct_tokenizer_240323.model.v3"
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(model, Path(folder) / "tokenizer.model")
+            config = {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+            (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+            except (ImportError, ValueError) as error:
+                raise SystemExit(
+                    f"Converting Mistral's SentencePiece file needs `pip install sentencepiece protobuf`: {error}"
+                ) from None
+        tokenizer.chat_template, tokenizer.pad_token = INST_TEMPLATE, "<unk>"
+        return tokenizer
     if vocab == "tiny":
         from cgd_trainer.demo.tiny import build_tokenizer
 
         return build_tokenizer("chatml")
-    raise ValueError(f"Unknown vocabulary {vocab!r}; choose among smollm2, tekken, tiny.")
+    raise ValueError(f"Unknown vocabulary {vocab!r}; choose among smollm2, tekken, mistral, tiny.")
+
+
+def _mistral_common_data() -> Path:
+    try:
+        import mistral_common
+    except ImportError:
+        raise SystemExit("Mistral's vocabularies ship in `mistral-common`: pip install mistral-common") from None
+    return Path(mistral_common.__file__).parent / "data"
 
 
 def measure(spec: dict) -> dict:
@@ -138,7 +175,7 @@ def run_worker(spec: dict, src: str | None = None) -> dict:
         env["TOKENIZERS_PARALLELISM"] = "true"
         env["RAYON_NUM_THREADS"] = str(max(spec["num_proc"], os.cpu_count() if spec["threads"] else 1))
     if src is not None:
-        env["PYTHONPATH"] = src
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT
     )
@@ -233,7 +270,7 @@ def print_rows(vocab: str, max_length: int, setting: str, rows: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=400)
-    parser.add_argument("--vocabs", default="smollm2,tekken", help="comma-separated: smollm2, tekken, tiny")
+    parser.add_argument("--vocabs", default="smollm2,tekken", help="comma-separated: smollm2, tekken, mistral, tiny")
     parser.add_argument("--max_lengths", default="16384,4096")
     parser.add_argument(
         "--num_procs", default="1,2,1t", help="processes; `1t`: one process with the tokenizer's threads (the default)"
