@@ -358,7 +358,7 @@ class ExampleEncoder:
         if last is None:
             return None
         # From the token after the prompt's last one, so that a prompt ending with a special token cuts after it.
-        cut = self._cut_before(encoded, last + 1, encoding.token_to_word(last))
+        cut = self._cut_before(encoded, last + 1, last)
         if cut is None or cut[2] > len(prompt):
             return None
         j, context, first_char, guard = cut
@@ -454,23 +454,25 @@ class ExampleEncoder:
     def _stable_before(self, encoded: Encoded, char: int) -> tuple[int, str | None, int, bool] | None:
         # A token at or before the one holding `char` from which the text can be tokenized apart (see `_cut_before`).
         token = encoded.encoding.char_to_token(char)
-        return self._cut_before(encoded, token, encoded.encoding.token_to_word(token)) if token is not None else None
+        return self._cut_before(encoded, token, token) if token is not None else None
 
-    def _cut_before(
-        self, encoded: Encoded, token: int, word_at: int | None
-    ) -> tuple[int, str | None, int, bool] | None:
+    def _cut_before(self, encoded: Encoded, token: int, word_token: int) -> tuple[int, str | None, int, bool] | None:
         # Looking back from `token`, the first token whose tokens cannot depend on the text before it: the token after
         # a special token (special tokens are matched before anything else is split), or the first token of a word at
-        # least `_WORDS_BACK` words before `word_at` (only the words nearest a change can split otherwise). Returns
+        # least `_WORDS_BACK` words before the word of token `word_token` (only the words nearest a change can split
+        # otherwise; that word is looked up only past a special token, which spares `_MarkedWords` its count). Returns
         # its index, the special token to tokenize after, its first character, and whether its first word must be
         # checked (`_first_word_kept`) because a tokenizer may mark the start of a text. A word of white space alone is
         # passed over: how a run of white space splits depends on what follows it (`\n\n` before a word is two words
         # in GPT-2's pattern, one before ` [...]`).
         encoding, ids, text = encoded.encoding, encoded.ids, encoded.text
+        word_at = ...
         for j in range(token, max(-1, token - _LOOK_BACK), -1):
             if j > 0 and ids[j - 1] in self._added:
                 span = encoding.token_to_chars(j - 1)
                 return (j, self._added[ids[j - 1]], span[1], False) if span is not None else None
+            if word_at is ...:
+                word_at = encoding.token_to_word(word_token)
             word = encoding.token_to_word(j) if j < len(ids) else None
             if word is None or word_at is None or word > word_at - _WORDS_BACK:
                 continue
