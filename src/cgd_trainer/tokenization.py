@@ -7,9 +7,10 @@ text TRL would tokenize and encodes a whole batch of texts in one call to the fa
 is then read from that one encoding: the prompt's tokens are the example's own tokens up to a point where tokenization
 cannot depend on what follows (the end of a special token such as `<|im_start|>`, or the start of a word two words
 before the prompt's end), followed by the tokens of the short text after that point, which is the same for most
-records (the chat template's generation prompt) and is tokenized once. Where no such point can be relied on (a slow
-tokenizer, a processor, a template that renders the prompt alone differently), the prompt is tokenized on its own, as
-TRL does; the result is the same either way.
+records (the chat template's generation prompt) and is tokenized once. Words are the pre-tokenizer's, or, for a
+tokenizer that reads each text in one piece (transformers 5's Llama and Gemma classes), those its space marks delimit
+(`_SpaceMarks`). Where no such point can be relied on (a slow tokenizer, a processor, a template that renders the
+prompt alone differently), the prompt is tokenized on its own, as TRL does; the result is the same either way.
 """
 
 from __future__ import annotations
