@@ -35,6 +35,8 @@ _LOOK_BACK = 64
 _WORDS_BACK = 2
 # Tails of prompts (usually the generation prompt) kept tokenized; the cache is emptied when it grows past this.
 _TAIL_CACHE = 4096
+# `_cut_before`'s word to count back from, before it is needed.
+_NOT_LOOKED_UP = object()
 # Tokenizer -> its `_SpaceMarks` (or None), found once: a scan of the vocabulary.
 _MARKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -70,9 +72,10 @@ class _SpaceMarks:
     Word boundaries for a fast tokenizer whose model reads each text in one piece, its spaces written as a mark (the
     `▁` of SentencePiece vocabularies, which transformers 5 converts this way for Llama, Mistral and Gemma), in a
     vocabulary where no token holds the mark after another character. No token can then span a point where the mark
-    follows another character, so a BPE or unigram model splits there whatever the text on either side, and each
-    side is tokenized as it would be alone. Such points start the words used here; the encoding itself reports the
-    whole text as one word.
+    follows another character, so a BPE model splits there whatever the text on either side, and each side is
+    tokenized as it would be alone (merges go by rank, which what lies across the point cannot change). Such points
+    start the words used here; the encoding itself reports the whole text as one word. Not for unigram models: the
+    best of two equally scored splits is picked by sums of floats, which the text before the point changes.
 
     Args:
         begins (`np.ndarray`): Per token id, whether the token starts with the mark (or is an added token).
@@ -86,16 +89,20 @@ class _SpaceMarks:
     @classmethod
     def of(cls, tokenizer: Any) -> _SpaceMarks | None:
         """The marks of a fast tokenizer, or `None` when its words come from its pre-tokenizer or cannot be told."""
-        size = len(tokenizer)
+        size, backend = len(tokenizer), tokenizer.backend_tokenizer
+        # Found again when tokens are added, or the text is split, normalized or modelled another way.
+        model = backend.model
+        key = (size, str(backend.normalizer), str(backend.pre_tokenizer), type(model).__name__)
+        key += tuple(getattr(model, name, None) for name in ("dropout", "unk_token", "byte_fallback"))
         try:
             cached = _MARKS.get(tokenizer)
         except TypeError:  # not weakly referenceable: found every time
             cached = None
-        if cached is not None and cached[0] == size:
+        if cached is not None and cached[0] == key:
             return cached[1]
         marks = cls._find(tokenizer, size)
         try:
-            _MARKS[tokenizer] = (size, marks)
+            _MARKS[tokenizer] = (key, marks)
         except TypeError:
             pass
         return marks
@@ -104,8 +111,9 @@ class _SpaceMarks:
     def _find(cls, tokenizer: Any, size: int) -> _SpaceMarks | None:
         backend = tokenizer.backend_tokenizer
         model = backend.model
-        # The argument holds for models that pick the tokens of each piece on their own (BPE merges, unigram paths).
-        if type(model).__name__ not in ("BPE", "Unigram") or getattr(model, "dropout", None):
+        # BPE without dropout; with an unknown token or byte fallback, since a model that drops what it does not know
+        # shifts the offsets of every later token of the piece, here the whole text.
+        if type(model).__name__ != "BPE" or model.dropout or (model.unk_token is None and not model.byte_fallback):
             return None
         normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         # A normalizer that changes a bare letter marks the start of every text its own way (a legacy `Prepend`).
@@ -118,7 +126,7 @@ class _SpaceMarks:
         mark = pieces[0][0][-2]
         vocab = backend.get_vocab(with_added_tokens=False)
         if mark not in vocab:
-            return None  # the mark itself would fall back to bytes
+            return None  # the mark itself would fall back to bytes, or be dropped
         crossing = re.compile(f"[^{re.escape(mark)}]{re.escape(mark)}")
         if any(crossing.search(token) for token in vocab):
             return None
@@ -461,18 +469,19 @@ class ExampleEncoder:
         # Looking back from `token`, the first token whose tokens cannot depend on the text before it: the token after
         # a special token (special tokens are matched before anything else is split), or the first token of a word at
         # least `_WORDS_BACK` words before the word of token `word_token` (only the words nearest a change can split
-        # otherwise; that word is looked up only past a special token, which spares `_MarkedWords` its count). Returns
+        # otherwise). That word is looked up only when `token` does not follow a special token, which spares
+        # `_MarkedWords` its count where a template's special token ends the prompt. Returns
         # its index, the special token to tokenize after, its first character, and whether its first word must be
         # checked (`_first_word_kept`) because a tokenizer may mark the start of a text. A word of white space alone is
         # passed over: how a run of white space splits depends on what follows it (`\n\n` before a word is two words
         # in GPT-2's pattern, one before ` [...]`).
         encoding, ids, text = encoded.encoding, encoded.ids, encoded.text
-        word_at = ...
+        word_at = _NOT_LOOKED_UP
         for j in range(token, max(-1, token - _LOOK_BACK), -1):
             if j > 0 and ids[j - 1] in self._added:
-                span = encoding.token_to_chars(j - 1)
+                span = self._split_off(encoded, j - 1)
                 return (j, self._added[ids[j - 1]], span[1], False) if span is not None else None
-            if word_at is ...:
+            if word_at is _NOT_LOOKED_UP:
                 word_at = encoding.token_to_word(word_token)
             word = encoding.token_to_word(j) if j < len(ids) else None
             if word is None or word_at is None or word > word_at - _WORDS_BACK:
@@ -484,6 +493,13 @@ class ExampleEncoder:
                 if not text[chars[0] : chars[1]].isspace():
                     return j, self._context, span[0], True
         return None
+
+    def _split_off(self, encoded: Encoded, j: int) -> tuple[int, int] | None:
+        # The characters of added token `j` where its text was split off before the model ran, which nothing on
+        # either side can change; None where the model itself gave it (an unknown token for text it has no piece
+        # for, which the text around can change) or where it has no characters (a post-processor's).
+        span = encoded.encoding.token_to_chars(j)
+        return span if span is not None and self._added[encoded.ids[j]] in encoded.text[span[0] : span[1]] else None
 
     @staticmethod
     def _first_word_kept(encoded: Encoded, j: int, tokens: list[int]) -> bool:
@@ -503,7 +519,7 @@ class ExampleEncoder:
         word_at = encoding.token_to_word(token)
         for j in range(token + 1, min(len(ids), token + 1 + _LOOK_BACK)):
             if ids[j] in self._added:
-                span = encoding.token_to_chars(j)
+                span = self._split_off(encoded, j)
                 return (j, 1, span[1]) if span is not None else None
             word = encoding.token_to_word(j)
             if word is not None and word_at is not None and word >= word_at + _WORDS_BACK:

@@ -52,7 +52,11 @@ def sentencepiece_like(style: str) -> PreTrainedTokenizerFast:
     else:
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
         backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    if style in ("unsplit", "gemma"):
+        specials.append("<unk>")  # what is not in the vocabulary must not vanish: offsets would shift after it
     backend.train_from_iterator(_corpus(), trainer=trainers.BpeTrainer(vocab_size=700, special_tokens=specials))
+    if style in ("unsplit", "gemma"):
+        backend.model.unk_token = "<unk>"
     if style == "unsplit":
         backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     elif style == "gemma":
@@ -505,6 +509,20 @@ def test_a_tokenizer_reading_text_in_one_piece_has_words_where_no_token_spans_a_
     crossing = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
     assert any("▁" in token.lstrip("▁") for token in crossing.get_vocab())
     assert _SpaceMarks.of(crossing) is None
+    # A unigram model picks between equally scored splits by sums of floats, which the text before a point changes;
+    # a BPE model with neither an unknown token nor byte fallback drops what it does not know and shifts the offsets
+    # of every later token. Neither gets marks.
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    unigram.train_from_iterator(_corpus(), trainer=trainers.UnigramTrainer(vocab_size=300, unk_token="<unk>"))
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    assert _SpaceMarks.of(PreTrainedTokenizerFast(tokenizer_object=unigram, eos_token="</s>")) is None
+    dropping = all_tokenizers["unsplit"].backend_tokenizer
+    dropping.model.unk_token = None
+    try:
+        assert _SpaceMarks.of(all_tokenizers["unsplit"]) is None
+    finally:
+        dropping.model.unk_token = "<unk>"
 
 
 def test_the_cache_fingerprint_reads_the_tokenizer_from_its_backend(all_tokenizers):
@@ -527,3 +545,20 @@ def test_the_cache_fingerprint_reads_the_tokenizer_from_its_backend(all_tokenize
         assert fingerprint != _hash(["records", {"processing_class": other}], other)
     finally:
         del tokenizer._vocab, tokenizer._merges
+
+
+def test_an_unknown_token_the_model_gave_is_not_a_place_to_split():
+    # Added tokens split the text before the model runs, so nothing across them changes their neighbours' tokens; an
+    # unknown token that the model itself gave for text it has no piece for is no such place (a unigram model's choice
+    # between equal splits after it depends on the text before it).
+    tokenizer = sentencepiece_like("unsplit")
+    encoder = ExampleEncoder(tokenizer, "plain")
+    text = "[INST] Is it 4€? \n\n### Improved answer\n"
+    encoded = encoder.encode([{"prompt": text, "completion": "Yes."}], [{}])[0]
+    unknown = encoded.ids.index(tokenizer.convert_tokens_to_ids("<unk>"))
+    assert encoded.text[slice(*encoded.encoding.token_to_chars(unknown))] == "€"
+    cut = encoder._cut_before(encoded, unknown + 1, unknown + 1)  # looking back from the token after it
+    assert cut is None or cut[0] != unknown + 1
+    assert encoder._split_off(encoded, unknown) is None
+    inst = encoded.ids.index(tokenizer.convert_tokens_to_ids("[INST]"))
+    assert encoder._split_off(encoded, inst) == (0, len("[INST]"))
