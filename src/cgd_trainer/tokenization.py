@@ -78,7 +78,7 @@ class _SpaceMarks:
     best of two equally scored splits is picked by sums of floats, which the text before the point changes.
 
     Args:
-        begins (`np.ndarray`): Per token id, whether the token starts with the mark (or is an added token).
+        begins (`np.ndarray`): Per token id, whether the token starts with the mark.
         ends (`np.ndarray`): Per token id, whether the token ends with the mark.
         added (`np.ndarray`): Per token id, whether it is an added token (split off before the model runs).
     """
@@ -134,8 +134,7 @@ class _SpaceMarks:
         begins, ends, added = (np.zeros(length, dtype=bool) for _ in range(3))
         for token, token_id in vocab.items():
             begins[token_id], ends[token_id] = token.startswith(mark), token.endswith(mark)
-        for token_id in tokenizer.added_tokens_decoder:
-            begins[token_id], ends[token_id], added[token_id] = True, False, True
+        added[list(tokenizer.added_tokens_decoder)] = True
         return cls(begins, ends, added)
 
 
