@@ -210,6 +210,15 @@ def run_cgd(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _ended(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str:
     """
     Runs a launcher (`torchrun`, `accelerate launch`, a script) and returns what it printed; fails the test on a
@@ -217,6 +226,7 @@ def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str
     in a session of its own, and a hung rank would otherwise hold the output pipes, its port and a core).
     """
     import subprocess
+    import time
 
     import psutil
     import pytest
@@ -227,12 +237,17 @@ def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher = psutil.Process(process.pid)
-        for child in [*launcher.children(recursive=True), launcher]:
+        tree = [*launcher.children(recursive=True), launcher]
+        for member in tree:
             try:
-                child.kill()
+                member.kill()
             except psutil.NoSuchProcess:
                 pass
         stdout, stderr = process.communicate(timeout=60)
+        # A killed process closes its pipes before it is done exiting: wait until each is gone or a zombie.
+        deadline = time.monotonic() + 60
+        while not all(map(_ended, tree)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         pytest.fail(f"{' '.join(map(str, command))} ran past {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout + stderr
