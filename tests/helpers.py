@@ -210,6 +210,32 @@ def run_cgd(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _call(process, action: str, *args):
+    import psutil
+
+    try:
+        return getattr(process, action)(*args)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop_tree(root) -> list:
+    """
+    Stops `root` and every process under it, then kills them all. Each is stopped before its children are listed: a
+    running parent could start another between the listing and the kill, and that one would be left running.
+    """
+    tree, found = [], [root]
+    while found:
+        for process in found:
+            _call(process, "suspend")
+        tree += found
+        under = [child for process in found for child in _call(process, "children", True)]
+        found = [child for child in dict.fromkeys(under) if child not in tree]
+    for process in tree:
+        _call(process, "kill")
+    return tree
+
+
 def _ended(process) -> bool:
     import psutil
 
@@ -236,13 +262,7 @@ def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        launcher = psutil.Process(process.pid)
-        tree = [*launcher.children(recursive=True), launcher]
-        for member in tree:
-            try:
-                member.kill()
-            except psutil.NoSuchProcess:
-                pass
+        tree = _stop_tree(psutil.Process(process.pid))
         stdout, stderr = process.communicate(timeout=60)
         # A killed process closes its pipes before it is done exiting: wait until each is gone or a zombie.
         deadline = time.monotonic() + 60

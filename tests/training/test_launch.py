@@ -103,17 +103,22 @@ def test_two_processes_match_one_process(tmp_path, tiny_dirs):
 
 
 def test_a_launch_past_its_timeout_fails_and_leaves_no_process_behind(tmp_path):
-    # Like torchrun's ranks, the child runs in a session of its own and holds the launcher's output pipes.
+    # Like torchrun's ranks, each child runs in a session of its own and holds the launcher's output pipes. The
+    # launcher keeps starting them up to the kill, so one started while the others are being killed is caught too.
     import psutil
 
     script = tmp_path / "launcher.py"
     script.write_text(
-        "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
-        "print(child.pid, flush=True)\n"
+        "import subprocess, time\n"
+        "for _ in range(1000):\n"
+        "    child = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+        "    print(child.pid, flush=True)\n"
+        "    time.sleep(0.005)\n"
         "time.sleep(600)\n"
     )
     with pytest.raises(pytest.fail.Exception, match="ran past 3 s") as failure:
         launch([sys.executable, str(script)], _env(), timeout=3)
-    child = int(str(failure.value).split("\n")[1].strip())
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    children = [int(line) for line in str(failure.value).split("\n")[1:] if line.strip().isdigit()]
+    assert children
+    left = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not left
