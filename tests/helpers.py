@@ -229,27 +229,31 @@ def _stop_tree(root) -> list:
         for process in found:
             _call(process, "suspend")
         tree += found
-        under = [child for process in found for child in _call(process, "children", True)]
-        found = [child for child in dict.fromkeys(under) if child not in tree]
+        # The stopped processes stay alive, so one listing from the root reaches all of them (a listing per process
+        # reads the whole process table each time).
+        seen = set(tree)
+        found = [child for child in _call(root, "children", True) if child not in seen]
     for process in tree:
         _call(process, "kill")
     return tree
 
 
-def _ended(process) -> bool:
+def process_ended(process) -> bool:
+    """Whether a process (a `psutil.Process` or a pid) is gone or a zombie, which holds no pipe, port or core."""
     import psutil
 
     try:
-        return process.status() == psutil.STATUS_ZOMBIE
+        return (process if isinstance(process, psutil.Process) else psutil.Process(process)).status() == "zombie"
     except psutil.NoSuchProcess:
         return True
 
 
-def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str:
+def launch(command: list[str], env: dict, cwd=None, timeout: float = 540) -> str:
     """
     Runs a launcher (`torchrun`, `accelerate launch`, a script) and returns what it printed; fails the test on a
     non-zero exit, and on a timeout after killing the launcher and every process under it (torchrun starts each rank
-    in a session of its own, and a hung rank would otherwise hold the output pipes, its port and a core).
+    in a session of its own, and a hung rank would otherwise hold the output pipes, its port and a core). The default
+    timeout is under the suite's 600 s per test, so that the launch is stopped and its output shown first.
     """
     import subprocess
     import time
@@ -257,17 +261,24 @@ def launch(command: list[str], env: dict, cwd=None, timeout: float = 600) -> str
     import psutil
     import pytest
 
+    def stop() -> tuple[str, str]:
+        tree = _stop_tree(psutil.Process(process.pid))
+        out = process.communicate(timeout=60)
+        # A killed process closes its pipes before it is done exiting: wait until each is gone or a zombie.
+        deadline = time.monotonic() + 60
+        while not all(map(process_ended, tree)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return out
+
     pipe = subprocess.PIPE
     process = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=env, cwd=cwd)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        tree = _stop_tree(psutil.Process(process.pid))
-        stdout, stderr = process.communicate(timeout=60)
-        # A killed process closes its pipes before it is done exiting: wait until each is gone or a zombie.
-        deadline = time.monotonic() + 60
-        while not all(map(_ended, tree)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        stdout, stderr = stop()
         pytest.fail(f"{' '.join(map(str, command))} ran past {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    except BaseException:  # pytest-timeout's failure or ^C: the launch must not outlive the test either
+        stop()
+        raise
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout + stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trl
 
-from helpers import launch, make_records
+from helpers import launch, make_records, process_ended
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
@@ -105,20 +105,19 @@ def test_two_processes_match_one_process(tmp_path, tiny_dirs):
 def test_a_launch_past_its_timeout_fails_and_leaves_no_process_behind(tmp_path):
     # Like torchrun's ranks, each child runs in a session of its own and holds the launcher's output pipes. The
     # launcher keeps starting them up to the kill, so one started while the others are being killed is caught too.
-    import psutil
-
-    script = tmp_path / "launcher.py"
+    script, pids = tmp_path / "launcher.py", tmp_path / "pids"
     script.write_text(
-        "import subprocess, time\n"
-        "for _ in range(1000):\n"
-        "    child = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
-        "    print(child.pid, flush=True)\n"
-        "    time.sleep(0.005)\n"
-        "time.sleep(600)\n"
+        "import subprocess, sys, time\n"
+        "with open(sys.argv[1], 'w') as pids:\n"
+        "    for _ in range(1000):\n"
+        "        child = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+        "        pids.write(f'{child.pid}\\n')\n"
+        "        pids.flush()\n"
+        "        time.sleep(0.005)\n"
+        "    time.sleep(600)\n"
     )
-    with pytest.raises(pytest.fail.Exception, match="ran past 3 s") as failure:
-        launch([sys.executable, str(script)], _env(), timeout=3)
-    children = [int(line) for line in str(failure.value).split("\n")[1:] if line.strip().isdigit()]
+    with pytest.raises(pytest.fail.Exception, match="ran past 3 s"):
+        launch([sys.executable, str(script), str(pids)], _env(), timeout=3)
+    children = [int(pid) for pid in pids.read_text().split()]
     assert children
-    left = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert not left
+    assert not [pid for pid in children if not process_ended(pid)]
