@@ -91,7 +91,8 @@ class ScriptedServer:
     Args:
         reply: Builds the answer text from the messages (default: echoes a digest of the last message).
         delay: Seconds to wait before answering a successful request (to keep requests in flight).
-        timeout_sleep: Seconds a `"timeout"` answer stalls (longer than the client's timeout).
+        timeout_sleep: Seconds a `"timeout"` answer stalls (longer than the client's timeout), or until the server
+            is closed.
         retry_after: The `Retry-After` header of `429` answers.
         context: The served model's context length in words, or `None` (no limit).
         report_context: Whether `/v1/models` reports `max_model_len`.
@@ -121,6 +122,8 @@ class ScriptedServer:
         self.bodies: list[dict] = []
         self.auth_headers: list[str] = []
         self.lock = threading.Lock()
+        self.closed = threading.Event()
+        self.active = 0  # requests being handled
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +140,15 @@ class ScriptedServer:
                 self._send(200, {"object": "list", "data": [entry]})
 
             def do_POST(self):
+                with server.lock:
+                    server.active += 1
+                try:
+                    self._post()
+                finally:
+                    with server.lock:
+                        server.active -= 1
+
+            def _post(self):
                 if self.path not in ("/v1/chat/completions", "/v1/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
@@ -154,7 +166,7 @@ class ScriptedServer:
                     plan = server.faults.get(key)
                     action = plan.pop(0) if plan else 200
                 if action == "timeout":
-                    time.sleep(server.timeout_sleep)
+                    server.closed.wait(server.timeout_sleep)
                     action = 200
                 if action in (400, 401, 429, 500):
                     self._send(action, {"error": {"message": f"scripted {action}", "type": "scripted"}})
@@ -222,7 +234,7 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # bound here, so no other process can take it
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -230,10 +242,27 @@ class ScriptedServer:
         with self.lock:
             return Counter(self.requests)
 
+    def settled_count(self, quiet: float = 0.5, timeout: float = 60) -> int:
+        """
+        How many requests arrived, once none is being handled and none has arrived for `quiet` seconds: after a
+        client is killed, what it had sent may still be in the socket buffers, to be read and counted later.
+        """
+        deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.lock:
+                count, busy = len(self.requests), self.active
+            if count != last or busy:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return count
+            time.sleep(0.05)
+        raise AssertionError(f"the server was still receiving requests after {timeout} s")
+
     def __enter__(self) -> ScriptedServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()

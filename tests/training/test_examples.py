@@ -550,7 +550,7 @@ def test_fsdp2_config_on_cpu_trains_as_one_process_and_says_it_is_not_sharded(tm
             "--mixed_precision",
             "no",
             "--main_process_port",
-            "29541",
+            "0",  # a free port, as a fixed one may still be held by another run
             "examples/train.py",
             *common,
             "--per_device_train_batch_size",
