@@ -1,6 +1,7 @@
 """The wheel installs into a clean virtualenv (no extras) where `import cgd_trainer`, a short run, and launches by
 recipe name (`accelerate launch -m cgd_trainer.scripts.train`, `cgd train --num_processes 1`) work."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,9 +44,16 @@ LIST_SHIPPED = (
 
 @pytest.mark.slow
 def test_wheel_installs_and_trains_in_a_clean_venv(tmp_path):
-    dist = tmp_path / "dist"
+    # Built from a copy of the tracked files: a build in the clone writes build/ and src/cgd_trainer.egg-info, and
+    # the second would be seen as another installed cgd-trainer by the tests running beside this one.
+    source, dist = tmp_path / "source", tmp_path / "dist"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], check=True, capture_output=True
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)], check=True, capture_output=True
     )
     (wheel,) = dist.glob("cgd_trainer-*.whl")
     env_dir = tmp_path / "clean"
