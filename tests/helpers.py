@@ -262,7 +262,10 @@ def launch(command: list[str], env: dict, cwd=None, timeout: float = 540) -> str
     import pytest
 
     def stop() -> tuple[str, str]:
-        tree = _stop_tree(psutil.Process(process.pid))
+        try:
+            tree = _stop_tree(psutil.Process(process.pid))
+        except psutil.NoSuchProcess:  # already reaped
+            tree = []
         out = process.communicate(timeout=60)
         # A killed process closes its pipes before it is done exiting: wait until each is gone or a zombie.
         deadline = time.monotonic() + 60
