@@ -100,7 +100,7 @@ class _SpaceMarks:
             cached = None
         if cached is not None and cached[0] == key:
             return cached[1]
-        marks = cls._find(tokenizer, size)
+        marks = cls._find(tokenizer, backend, size)
         try:
             _MARKS[tokenizer] = (key, marks)
         except TypeError:
@@ -108,8 +108,7 @@ class _SpaceMarks:
         return marks
 
     @classmethod
-    def _find(cls, tokenizer: Any, size: int) -> _SpaceMarks | None:
-        backend = tokenizer.backend_tokenizer
+    def _find(cls, tokenizer: Any, backend: Any, size: int) -> _SpaceMarks | None:
         model = backend.model
         # BPE without dropout; with an unknown token or byte fallback, since a model that drops what it does not know
         # shifts the offsets of every later token of the piece, here the whole text.

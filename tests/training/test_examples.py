@@ -250,8 +250,8 @@ def test_demo_records_are_valid_and_consistent():
     assert 0.2 < verdicts["right"] / len(records) < 0.5
 
 
-def _launch(command, timeout=540):
-    return launch(command, _env(), ROOT, timeout)
+def _launch(command):
+    return launch(command, _env(), ROOT)
 
 
 def _accelerate():
